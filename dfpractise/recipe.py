@@ -1,0 +1,202 @@
+"""Recipes: YAML files holding a ``RunConfig``, loaded, layered and saved.
+
+A run's settings come from three layers, lowest first: the ``RunConfig`` defaults, a recipe file,
+and options given on the command line. A recipe may build on another with ``base: other.yaml``.
+String values may name environment variables (``${DFPRACTISE_ASSETS}``) so that one recipe works
+on every machine; an unset variable is an error, never a silently empty path. The run folder keeps
+the resolved recipe (``save_recipe``) so the run can be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .config import RunConfig, merge
+from .errors import ConfigError
+
+# What os.path.expandvars on POSIX treats as a variable reference: $NAME or ${NAME}.
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
+
+# The two ways to state a target; a higher layer that sets one clears the other below it.
+_EXCLUSIVE = ("latency_reduction", "drop")
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe (and the chain of ``base`` recipes below it) into one nested dict.
+
+    Returns only what the files say, variables expanded; defaults are added by
+    ``resolve_config``.
+    """
+    return _load(Path(path), chain=())
+
+
+def resolve_config(recipe: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Build the validated config of a run: defaults <- recipe <- overrides.
+
+    ``overrides`` is a nested dict in the shape of ``RunConfig.to_dict()``, as the CLI collects it;
+    ``None`` values mean "option not given". Setting ``drop`` clears the recipe's
+    ``latency_reduction`` and vice versa, so a CLI option beats the recipe instead of conflicting.
+    """
+    data = RunConfig().to_dict()
+    if recipe is not None:
+        data = _overlay(data, load_recipe(recipe), keep_none=True)
+        try:
+            _build(data)
+        except ConfigError as err:  # name the file that holds the bad key or value
+            raise ConfigError(f"recipe {recipe}: {err}") from None
+    data = _overlay(data, overrides or {}, keep_none=False)
+    return _build(data).validate()
+
+
+def save_recipe(config: RunConfig, path: str | Path) -> Path:
+    """Write ``config`` as a recipe that ``resolve_config`` turns back into an equal config."""
+    path = Path(path)
+    header = (
+        f"# Resolved recipe written by dfpractise {__version__}: every setting of the run, defaults\n"
+        f"# included, variables expanded. Rebuild the run with:\n"
+        f"#   dfpractise run --recipe {path} --out NEW_RUN_DIR\n"
+    )
+    body = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+    _write_atomic(path, header + body)
+    return path
+
+
+def _build(data: dict[str, Any]) -> RunConfig:
+    """``RunConfig.from_dict`` plus a type check, so ``seed: one`` is a message, not a traceback."""
+    config = RunConfig.from_dict(data)
+    for prefix, section in [("", config)] + [(f"{n}.", getattr(config, n)) for n in _SECTIONS]:
+        for f in dataclasses.fields(section):
+            if f.name not in _SECTIONS:
+                _check_type(section, f, prefix)
+    return config
+
+
+def _check_type(section: Any, f: dataclasses.Field, prefix: str) -> None:
+    """Check one field against its annotation; ints are accepted (and stored) as floats."""
+    value = getattr(section, f.name)
+    allowed = [_TYPES.get(part.strip()) for part in str(f.type).split("|")]
+    if None in allowed or value is None and "None" in str(f.type):
+        return  # an annotation this check does not know, or an allowed None
+    if any(kind is float for kind in allowed) and type(value) is int:
+        setattr(section, f.name, float(value))
+        return
+    if any(_is_a(value, kind) for kind in allowed):
+        return
+    names = " or ".join(_TYPE_NAMES[kind] for kind in allowed)
+    raise ConfigError(f"'{prefix}{f.name}' must be {names}, got {value!r}")
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is tuple:  # milestones: a list of numbers in YAML
+        return isinstance(value, (tuple, list)) and all(_is_a(v, float) for v in value)
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+_SECTIONS = ("data", "latency", "scoring", "recovery")
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None),
+          "tuple[float, ...]": tuple}
+_TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+               type(None): "null", tuple: "a list of numbers"}
+
+
+def _load(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """Load one file, expand its variables, then lay it over its ``base`` (if any)."""
+    key = path.resolve()
+    if key in chain:
+        loop = " -> ".join(p.name for p in chain + (key,))
+        raise ConfigError(f"recipe {path}: its 'base' chain loops ({loop})")
+    data = _read_mapping(path)
+    data = _expand(data, path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"recipe {path}: 'base' must be a file name, got {base!r}")
+    parent = _load(path.parent / base, chain + (key,))
+    return _overlay(parent, data, keep_none=True)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping; every failure is one line naming the file (and line)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"recipe {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"recipe {path} cannot be read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"recipe {path}{where}: invalid YAML: {problem}") from None
+    if data is None:  # an empty file: all defaults
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _expand(value: Any, path: Path) -> Any:
+    """Expand environment variables in every string, refusing unset ones."""
+    if isinstance(value, dict):
+        return {k: _expand(v, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, path) for v in value]
+    if not isinstance(value, str):
+        return value
+    for match in _VAR.finditer(value):
+        name = match.group(1).strip("{}")
+        if not os.environ.get(name):
+            hint = (
+                " (the Makefile sets DFPRACTISE_ASSETS to ../shared/assets)"
+                if name == "DFPRACTISE_ASSETS"
+                else ""
+            )
+            raise ConfigError(f"recipe {path} uses ${{{name}}}, which is not set{hint}")
+    return os.path.expandvars(value)
+
+
+def _overlay(lower: dict[str, Any], upper: dict[str, Any], keep_none: bool) -> dict[str, Any]:
+    """Deep-merge ``upper`` over ``lower``, one target form clearing the other.
+
+    In a recipe an explicit ``null`` is a value (``drop: null`` clears a base's drop); among CLI
+    overrides ``None`` means "not given" and is skipped (``config.merge``).
+    """
+    lower = dict(lower)
+    for name, other in zip(_EXCLUSIVE, reversed(_EXCLUSIVE)):
+        if upper.get(name) is not None:
+            lower[other] = None
+    if not keep_none:
+        return merge(lower, upper)
+    merged = merge(lower, upper)
+    for key, value in upper.items():
+        if value is None:
+            merged[key] = None
+        elif isinstance(value, dict) and isinstance(lower.get(key), dict):
+            merged[key] = _overlay(lower[key], value, keep_none=True)
+    return merged
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
