@@ -1,0 +1,127 @@
+"""Recoverability scoring: adaptor placement, identity start, fitting, determinism, clean-up."""
+
+import pytest
+import torch
+
+from dfpractise.config import ScoringConfig
+from dfpractise.errors import ConfigError
+from dfpractise.models import create_model
+from dfpractise.models.blocks import StepsModel, feature_steps, find_blocks
+from dfpractise.recoverability import (
+    ScoringContext,
+    _attach_adaptors,
+    create_scorer,
+    identity_adaptor,
+    list_scorers,
+)
+
+
+def _context(model, images, iterations=5, views=1, seed=0, lr=0.02):
+    return ScoringContext(
+        teacher=model,
+        blocks=find_blocks(model),
+        delta_lat={},
+        images=images,
+        augment=lambda x: torch.flip(x, dims=[3]),
+        normalize=lambda x: (x - 0.5) / 0.25,
+        config=ScoringConfig(iterations=iterations, batch_size=8, views=views, lr=lr),
+        seed=seed,
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return create_model("cifar10_resnet20").eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(1)
+    return torch.rand(16, 3, 32, 32)
+
+
+def test_identity_adaptor_is_identity():
+    x = torch.randn(2, 5, 4, 4)
+    torch.testing.assert_close(identity_adaptor(5)(x), x)
+
+
+@pytest.mark.parametrize(
+    "model_name, block, expected",
+    [
+        ("cifar10_resnet20", "layer1.1", 3),  # layer1.0 out; layer1.2 in; layer2.0 branch in (no projection)
+        ("cifar10_resnet20", "layer3.1", 2),  # layer3.0 out; layer3.2 in; no next stage
+        ("resnet18", "layer1.1", 3),  # layer1.0 out; layer2.0 branch in + projection in
+    ],
+)
+def test_adaptors_go_around_the_hole_and_never_on_skips(model_name, block, expected):
+    model = create_model(model_name).eval()
+    steps = feature_steps(model)
+    target = next(b for b in find_blocks(model, 32) if b.name == block)
+    adaptors, handles = _attach_adaptors(steps, target)
+    try:
+        assert len(adaptors) == expected
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_identity_adaptors_leave_the_student_unchanged(teacher):
+    steps = feature_steps(teacher)
+    block = find_blocks(teacher)[2]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = StepsModel(teacher, skip=[block.name]).forward_features(x)
+        adaptors, handles = _attach_adaptors(steps, block)
+        try:
+            hooked = StepsModel(teacher, skip=[block.name]).forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+    torch.testing.assert_close(hooked, plain)
+
+
+def test_fitting_adaptors_lowers_the_error_and_is_deterministic(teacher, images):
+    scorer = create_scorer("recoverability")
+    untrained = scorer(_context(teacher, images, iterations=0))
+    trained = scorer(_context(teacher, images, iterations=30, lr=0.002))
+    again = scorer(_context(teacher, images, iterations=30, lr=0.002))
+    assert set(trained) == {b.name for b in find_blocks(teacher)}
+    assert all(v > 0 for v in untrained.values())
+    assert sum(trained.values()) < sum(untrained.values())
+    assert trained == again
+
+
+def test_divergence_falls_back_to_the_identity_error(teacher, images):
+    scorer = create_scorer("recoverability")
+    untrained = scorer(_context(teacher, images, iterations=0))
+    diverged = scorer(_context(teacher, images, iterations=30, lr=50.0))
+    assert all(torch.isfinite(torch.tensor(v)) for v in diverged.values())
+    assert diverged == pytest.approx(untrained)
+
+
+def test_scoring_leaves_the_teacher_as_it_was(teacher, images):
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    grads = [p.requires_grad for p in teacher.parameters()]
+    create_scorer("recoverability")(_context(teacher, images, iterations=3, views=2))
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert [p.requires_grad for p in teacher.parameters()] == grads
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in teacher.modules())
+    assert not teacher.training
+
+
+def test_baseline_scorers(teacher):
+    blocks = find_blocks(teacher)
+    context = _context(teacher, None)
+    random_costs = create_scorer("random")(context)
+    assert random_costs == create_scorer("random")(context)
+    assert len(set(random_costs.values())) == len(blocks)
+    assert set(create_scorer("latency-only")(context).values()) == {1.0}
+    assert {"random", "latency-only", "recoverability"} <= set(list_scorers())
+
+
+def test_recoverability_needs_images_and_unknown_scorer_is_an_error(teacher):
+    with pytest.raises(ConfigError):
+        create_scorer("recoverability")(_context(teacher, None))
+    with pytest.raises(ConfigError, match="unknown scorer"):
+        create_scorer("magic")
