@@ -1,0 +1,26 @@
+"""Tiny-set sources: one interface (``ImageSource``), one registry, many ways to get images.
+
+Import from here: ``create_source("real", root=...)``, ``list_sources()``, ``register_source``.
+The registry itself lives in ``base`` so that source modules can register without importing
+this package's ``__init__`` (no import cycle); importing this package registers the built-ins.
+"""
+
+from .base import (
+    ImageSource,
+    TinySet,
+    create_source,
+    list_sources,
+    read_file_list,
+    register_source,
+)
+from .real import RealFolderSource
+
+__all__ = [
+    "ImageSource",
+    "RealFolderSource",
+    "TinySet",
+    "create_source",
+    "list_sources",
+    "read_file_list",
+    "register_source",
+]

@@ -1,0 +1,135 @@
+"""The one interface every tiny-set source implements, and the registry that names them.
+
+A source (real few-shot folder, out-of-domain folder, BN-statistics inversion, diffusion model)
+only has to turn ``(num_images, image_size, seed)`` into a ``TinySet`` of un-normalised images in
+[0, 1] at the model's input size. The engine never asks where images came from, and never expects
+a source to augment: augmentation is applied per batch during training (``dfpractise.augment``).
+Users plug in their own source by subclassing ``ImageSource`` and passing an instance, or by
+registering it under a name for recipes (``@register_source("mine")``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+
+from ..errors import ConfigError, DataError
+
+
+@dataclass
+class TinySet:
+    """A tiny image set held in memory.
+
+    ``images`` are float32 N x 3 x H x W in [0, 1], not normalised (each model applies its own
+    mean/std). ``labels`` (int64, N) and ``class_names`` exist only for labelled sources.
+    ``files`` lists the source files in the same order as ``images`` so a run can record exactly
+    which images it saw; ``skipped`` counts unreadable files that were passed over. ``info``
+    records how the set was drawn (source name, folder, seed), written into the file list header.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    files: list[str] | None = None
+    class_names: list[str] | None = None
+    skipped: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.images.shape[1] != 3:
+            shape = tuple(self.images.shape)
+            raise ValueError(f"TinySet images must be N x 3 x H x W, got {shape}")
+        n = self.images.shape[0]
+        if self.labels is not None and self.labels.shape != (n,):
+            shape = tuple(self.labels.shape)
+            raise ValueError(f"TinySet has {n} images but labels of shape {shape}")
+        if self.files is not None and len(self.files) != n:
+            raise ValueError(f"TinySet has {n} images but {len(self.files)} file names")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def save_file_list(self, path: str | Path) -> Path:
+        """Write which files (and labels) the set holds, one per line, tab separated.
+
+        A comment header records how the set was drawn, so the list plus the header rebuild the
+        same set. Sets without files (synthesised images) write a header only.
+        """
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        header = {**self.info, "images": len(self), "skipped": self.skipped}
+        lines = ["# dfpractise tiny set: " + " ".join(f"{k}={v}" for k, v in header.items())]
+        if self.class_names is not None:
+            lines.append("# classes: " + " ".join(self.class_names))
+        labels = self.labels.tolist() if self.labels is not None else [None] * len(self)
+        for name, label in zip(self.files or [], labels):
+            lines.append(name if label is None else f"{name}\t{label}")
+        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return out
+
+
+def read_file_list(path: str | Path) -> list[tuple[str, int | None]]:
+    """(file, label or None) pairs from a list written by ``TinySet.save_file_list``."""
+    entries: list[tuple[str, int | None]] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, label = line.partition("\t")
+        entries.append((name, int(label) if label.strip() else None))
+    return entries
+
+
+class ImageSource(ABC):
+    """Something that can produce a tiny set of images for a model of a given input size."""
+
+    name: str = ""
+
+    @abstractmethod
+    def load(self, num_images: int, image_size: int, seed: int) -> TinySet:
+        """N images resized to ``image_size``, drawn reproducibly from ``seed``; no augmentation."""
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, so a run folder can record and rebuild its source."""
+        return {"name": self.name}
+
+
+_SOURCES: dict[str, type[ImageSource]] = {}
+S = TypeVar("S", bound=type[ImageSource])
+
+
+def register_source(name: str) -> Callable[[S], S]:
+    """Class decorator: make a source available to recipes and ``create_source`` by name."""
+
+    def decorate(cls: S) -> S:
+        known = _SOURCES.get(name)
+        if known is not None and known is not cls:
+            raise ValueError(f"source name {name!r} is already taken by {known.__qualname__}")
+        cls.name = name
+        _SOURCES[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_sources() -> list[str]:
+    """Names of the registered sources, sorted."""
+    return sorted(_SOURCES)
+
+
+def create_source(name: str, **kwargs: Any) -> ImageSource:
+    """Build a registered source from its name and constructor arguments (as a recipe holds)."""
+    cls = _SOURCES.get(name)
+    if cls is None:
+        known = ", ".join(list_sources())
+        raise DataError(f"unknown image source {name!r}; known sources: {known}")
+    signature = inspect.signature(cls)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        accepted = ", ".join(signature.parameters) or "no arguments"
+        raise ConfigError(f"source {name!r}: {exc}; it accepts {accepted}") from None
+    return cls(**kwargs)

@@ -1,0 +1,203 @@
+"""Image-file helpers shared by every folder-based source and by the evaluator.
+
+One place decides which files count as images, how class folders map to label indices, how a
+file becomes a tensor at the model's input size, and what happens to a file that cannot be read
+(skip it and count it). Keeping this in one module means a tiny set drawn for training and a
+validation folder read for evaluation go through exactly the same decode and resize path.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+"""File name endings read as images (compared case-insensitively)."""
+
+CROP_FRACTION = 0.875
+"""Centre-crop fraction for inputs above 64 px: resize the short side to s / 0.875, crop s."""
+
+SMALL_INPUT_MAX = 64
+"""Inputs this size or smaller (CIFAR-style models) are resized straight to s x s, no crop."""
+
+# PIL raises these for missing, truncated, corrupt or oversized files; anything else is a bug.
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ImageFile(NamedTuple):
+    """One candidate image: where it is and, for labelled folders, its class index."""
+
+    path: Path
+    label: int | None = None
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when the file name ends in one of ``IMAGE_EXTENSIONS`` (any case)."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def require_folder(root: str | Path, role: str = "image folder") -> Path:
+    """The folder as an absolute Path, or a one-line DataError saying why it cannot be used."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(f"{role} {path} does not exist")
+    if not path.is_dir():
+        raise DataError(f"{role} {path} is not a directory")
+    return path.resolve()
+
+
+def list_image_files(root: str | Path) -> list[Path]:
+    """Every image file under ``root``, recursively, in a stable (sorted) order.
+
+    Hidden folders and files (names starting with '.') are left out: they are editor, OS or
+    notebook litter, never data.
+    """
+    base = Path(root)
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(base, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(folder) / f for f in files if not f.startswith(".") and is_image_file(f))
+    return sorted(found, key=lambda p: p.relative_to(base).as_posix())
+
+
+def list_class_folders(root: str | Path) -> list[str]:
+    """Class names of an ImageFolder-style tree: the sorted names of ``root``'s sub-folders.
+
+    Sorted names give the same class indices as torchvision's ImageFolder, which is how most
+    classifiers' output units were assigned. Empty class folders keep their index.
+    """
+    base = Path(root)
+    return sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+
+
+def list_class_files(root: str | Path) -> tuple[list[str], list[ImageFile]]:
+    """(class names, labelled files) of ``root/<class>/<image>``; DataError if there are none.
+
+    Images directly inside ``root`` carry no label and are ignored; images nested deeper inside
+    a class folder belong to that class (as in ImageFolder).
+    """
+    base = require_folder(root)
+    classes = list_class_folders(base)
+    if not classes:
+        loose = len(list_image_files(base))
+        if loose:
+            raise DataError(
+                f"{base} holds {loose} images but no class sub-folders; a labelled folder must be "
+                f"laid out as {base}/<class>/<image>"
+            )
+        raise DataError(f"found no class sub-folders and no images ({_ext_list()}) under {base}")
+    files = [
+        ImageFile(path, index)
+        for index, name in enumerate(classes)
+        for path in list_image_files(base / name)
+    ]
+    if not files:
+        raise DataError(
+            f"found no images ({_ext_list()}) under {base} "
+            f"({len(classes)} class folders, all empty)"
+        )
+    return classes, files
+
+
+def resize_for_model(image: Image.Image, image_size: int) -> Image.Image:
+    """The deterministic (evaluation) resize rule, applied to a PIL image.
+
+    Small inputs (<= 64 px, CIFAR-style models) are squashed to s x s, as those models were
+    trained on whole images; larger ones follow the ImageNet protocol (short side to s / 0.875,
+    centre crop s), which keeps the aspect ratio.
+    """
+    if image_size <= SMALL_INPUT_MAX:
+        return TF.resize(image, [image_size, image_size])
+    resized = TF.resize(image, int(image_size / CROP_FRACTION))
+    return TF.center_crop(resized, [image_size, image_size])
+
+
+def decode_image(path: str | Path, image_size: int) -> torch.Tensor | None:
+    """The file as a uint8 3 x s x s tensor, or None when it cannot be read as an image."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        array = np.asarray(resize_for_model(rgb, image_size), dtype=np.uint8)
+    except _UNREADABLE:
+        return None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def default_workers() -> int:
+    """Decoding threads: PIL releases the GIL while decoding, so a few per core pay off."""
+    return max(1, min(8, 2 * (os.cpu_count() or 1)))
+
+
+def decode_images(
+    paths: Sequence[str | Path], image_size: int, executor: Executor | None = None
+) -> list[torch.Tensor | None]:
+    """``decode_image`` over many files, in parallel threads, results in input order."""
+    if executor is not None:
+        return list(executor.map(lambda p: decode_image(p, image_size), paths))
+    if len(paths) < 16:
+        return [decode_image(p, image_size) for p in paths]
+    with ThreadPoolExecutor(max_workers=default_workers()) as pool:
+        return list(pool.map(lambda p: decode_image(p, image_size), paths))
+
+
+def to_float_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack uint8 3 x H x W tensors into one float32 N x 3 x H x W batch in [0, 1]."""
+    return torch.stack(list(images)).to(torch.float32).div_(255.0)
+
+
+def no_replacement(_failed: ImageFile) -> ImageFile | None:
+    """Replacement policy that never replaces: unreadable files are just dropped."""
+    return None
+
+
+class Loaded(NamedTuple):
+    """What ``load_with_replacements`` read: uint8 images, the files they came from, skips."""
+
+    images: list[torch.Tensor]
+    files: list[ImageFile]
+    skipped: int
+
+
+def load_with_replacements(
+    picks: Sequence[ImageFile],
+    image_size: int,
+    replacement_for: Callable[[ImageFile], ImageFile | None] = no_replacement,
+) -> Loaded:
+    """Decode ``picks``; each unreadable one is counted and swapped for ``replacement_for(it)``.
+
+    Replacements take the failed pick's position, so the output order depends only on the draw,
+    not on which files happened to be corrupt. Rounds repeat until every slot holds a readable
+    image or the policy has no more candidates (then the slot is dropped).
+    """
+    slots: list[ImageFile | None] = list(picks)
+    images: list[torch.Tensor | None] = [None] * len(slots)
+    pending = list(range(len(slots)))
+    skipped = 0
+    with ThreadPoolExecutor(max_workers=default_workers()) as pool:
+        while pending:
+            decoded = decode_images([slots[i].path for i in pending], image_size, pool)
+            retry = []
+            for i, image in zip(pending, decoded):
+                if image is not None:
+                    images[i] = image
+                    continue
+                skipped += 1
+                slots[i] = replacement_for(slots[i])
+                if slots[i] is not None:
+                    retry.append(i)
+            pending = retry
+    kept = [i for i, image in enumerate(images) if image is not None]
+    return Loaded([images[i] for i in kept], [slots[i] for i in kept], skipped)
+
+
+def _ext_list() -> str:
+    return ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
