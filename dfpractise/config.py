@@ -32,8 +32,8 @@ class LatencyConfig:
 
     batch_size: int = 64
     resolution: int | None = None  # None: the model's own input size
-    warmup: int = 3
-    repeats: int = 15
+    warmup: int = 2
+    repeats: int = 10
     threads: int | None = None  # None: torch's default
     pool_identical: bool = True  # blocks with identical shapes and layers share one ΔLat
 
@@ -43,8 +43,8 @@ class ScoringConfig:
     """Recoverability scoring of each candidate block (PRACTISE.md section 3)."""
 
     scorer: str = "recoverability"
-    iterations: int = 100
-    batch_size: int = 64
+    iterations: int = 50  # the reference fits 1000-2000 per block; 50 keeps scoring ~2 min here
+    batch_size: int = 32
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -58,7 +58,7 @@ class RecoveryConfig:
     method: str = "mir"  # mir | bp | kd | none
     iterations: int = 2000
     batch_size: int = 64
-    lr: float = 0.02
+    lr: float | None = None  # None: 0.02 for mir and kd, 0.002 for bp
     momentum: float = 0.9
     weight_decay: float = 1e-4
     milestones: tuple[float, ...] = (0.4, 0.8)

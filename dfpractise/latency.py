@@ -22,22 +22,27 @@ from .progress import Progress
 
 @dataclass
 class LatencyComparison:
-    """Per-round forward times (seconds) of several models measured together."""
+    """Per-round forward times (seconds) of several models measured together.
+
+    With a reference model, each other model's forward is bracketed by two forwards of the
+    reference, and ``paired[name]`` holds the mean of those two: the closest-in-time baseline a
+    noisy machine allows.
+    """
 
     times: dict[str, list[float]] = field(default_factory=dict)
     batch_size: int = 0
     resolution: int = 0
     threads: int = 0
     device: str = "cpu"
+    paired: dict[str, list[float]] = field(default_factory=dict)
 
     def median_ms(self, name: str) -> float:
         return 1000.0 * statistics.median(self.times[name])
 
     def reduction(self, name: str, reference: str) -> tuple[float, float, float]:
         """Median, 25th and 75th percentile of (T_ref - T_name) / T_ref over rounds."""
-        ratios = sorted(
-            (ref - t) / ref for ref, t in zip(self.times[reference], self.times[name], strict=True)
-        )
+        baseline = self.paired.get(name) or self.times[reference]
+        ratios = sorted((ref - t) / ref for ref, t in zip(baseline, self.times[name], strict=True))
         return statistics.median(ratios), _quantile(ratios, 0.25), _quantile(ratios, 0.75)
 
 
@@ -70,14 +75,21 @@ def compare_latency(
     channels_last: bool = True,
     progress: Progress | None = None,
     description: str = "Timing",
+    reference: str | None = "teacher",
 ) -> LatencyComparison:
-    """Time every model in interleaved rounds on one random batch; models are left in eval mode."""
+    """Time every model in interleaved rounds on one random batch.
+
+    If ``reference`` names one of ``models``, it is timed before and after every other model
+    (see ``LatencyComparison``); otherwise the models simply take turns.
+    """
     device = torch.device(device)
     progress = progress or Progress()
     x = torch.randn(batch_size, 3, resolution, resolution, device=device)
     if channels_last and device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     names = list(models)
+    if reference not in models:
+        reference = None
     states = {name: _prepare(model, device, channels_last) for name, model in models.items()}
     with torch_threads(threads) as used_threads, torch.inference_mode():
         for model in models.values():
@@ -85,15 +97,28 @@ def compare_latency(
                 model(x)
         _synchronize(device)
         times: dict[str, list[float]] = {name: [] for name in names}
+        paired: dict[str, list[float]] = {}
+        others = [n for n in names if n != reference]
         with progress.task(description, total=repeats) as task:
             for round_index in range(repeats):
-                shift = round_index % len(names)
-                for name in names[shift:] + names[:shift]:
-                    times[name].append(_time_forward(models[name], x, device))
+                shift = round_index % len(others) if others else 0
+                order = others[shift:] + others[:shift]
+                if reference is None:
+                    for name in order:
+                        times[name].append(_time_forward(models[name], x, device))
+                else:
+                    before = _time_forward(models[reference], x, device)
+                    times[reference].append(before)
+                    for name in order:
+                        times[name].append(_time_forward(models[name], x, device))
+                        after = _time_forward(models[reference], x, device)
+                        times[reference].append(after)
+                        paired.setdefault(name, []).append(0.5 * (before + after))
+                        before = after
                 task.advance(1)
     for name, model in models.items():
         _restore(model, states[name])
-    return LatencyComparison(times, batch_size, resolution, used_threads, str(device))
+    return LatencyComparison(times, batch_size, resolution, used_threads, str(device), paired)
 
 
 def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> bool:
@@ -139,7 +164,6 @@ class BlockLatencyProfile:
     teacher_ms: float
     blocks: list[BlockLatency]
     all_dropped: float  # measured cut, percent, with every candidate dropped
-    comparison: LatencyComparison
 
     def by_name(self) -> dict[str, BlockLatency]:
         return {b.name: b for b in self.blocks}
@@ -157,39 +181,45 @@ def profile_blocks(
     pool_identical: bool = True,
     progress: Progress | None = None,
 ) -> BlockLatencyProfile:
-    """Measure ΔLat(b) for every candidate block, interleaved with the teacher.
+    """Measure ΔLat(b) for every candidate block against the teacher.
 
-    Candidates are timed as "the teacher's own steps minus b" (no copies of the weights). Blocks
-    with identical structure in the same stage do identical work, so with ``pool_identical`` they
-    share the median of their measurements: this removes most of the noise that would otherwise
-    reorder them. A saving that is near zero or negative is clamped to a small positive floor so
-    that it cannot blow up or flip a score; the record says so.
+    Each candidate is the real pruned network (the teacher without b, built and discarded one at
+    a time so memory stays flat), timed in rounds bracketed by teacher forwards. Blocks with
+    identical structure in the same stage do identical work, so with ``pool_identical`` their
+    paired ratios are pooled and share one median: this removes most of the noise that would
+    otherwise reorder them. A saving that is near zero or negative is clamped to a small positive
+    floor so that it cannot blow up or flip a score; the record says so.
     """
-    from .models.blocks import StepsModel
+    from .models.blocks import drop_blocks
 
-    models: dict[str, nn.Module] = {"teacher": model}
+    progress = progress or Progress()
+    ratios: dict[str, list[float]] = {}
+    teacher_times: list[float] = []
+    input_size = model.default_cfg.input_size if hasattr(model, "default_cfg") else resolution
+    variants = [(b.name, [b.name]) for b in blocks] + [("<all>", [b.name for b in blocks])]
+    with progress.task("Timing blocks", total=len(variants)) as task:
+        for name, dropped in variants:
+            comparison = compare_latency(
+                {"teacher": model, name: drop_blocks(model, dropped, input_size)},
+                batch_size, resolution, repeats, warmup, threads, device,
+            )
+            ratios[name] = [
+                (ref - t) / ref for ref, t in zip(comparison.paired[name], comparison.times[name], strict=True)
+            ]
+            teacher_times.extend(comparison.times["teacher"])
+            task.advance(1, block=name)
+    groups: dict[tuple, list[str]] = {}
     for block in blocks:
-        models[block.name] = StepsModel(model, skip=[block.name])
-    models["<all>"] = StepsModel(model, skip=[b.name for b in blocks])
-    comparison = compare_latency(
-        models, batch_size, resolution, repeats, warmup, threads, device,
-        progress=progress, description="Timing blocks",
-    )
-    raw = {}
-    spreads = {}
-    for block in blocks:
-        median, q25, q75 = comparison.reduction(block.name, "teacher")
-        raw[block.name] = 100.0 * median
-        spreads[block.name] = (100.0 * q25, 100.0 * q75)
-    used = dict(raw)
-    if pool_identical:
-        groups: dict[tuple, list[str]] = {}
-        for block in blocks:
-            groups.setdefault(_signature(model, block), []).append(block.name)
-        for names in groups.values():
-            pooled = statistics.median(raw[n] for n in names)
-            for n in names:
-                used[n] = pooled
+        key = _signature(model, block) if pool_identical else (block.name,)
+        groups.setdefault(key, []).append(block.name)
+    raw = {b.name: 100.0 * statistics.median(ratios[b.name]) for b in blocks}
+    used: dict[str, float] = {}
+    spreads: dict[str, tuple[float, float]] = {}
+    for names in groups.values():
+        pooled = sorted(r for n in names for r in ratios[n])
+        for n in names:
+            used[n] = 100.0 * statistics.median(pooled)
+            spreads[n] = (100.0 * _quantile(pooled, 0.25), 100.0 * _quantile(pooled, 0.75))
     positive = [v for v in used.values() if v > 0]
     floor = max(0.1 * statistics.median(positive), 1e-3) if positive else 1e-3
     records = [
@@ -203,8 +233,8 @@ def profile_blocks(
         )
         for b in blocks
     ]
-    all_dropped = 100.0 * comparison.reduction("<all>", "teacher")[0] if blocks else 0.0
-    return BlockLatencyProfile(comparison.median_ms("teacher"), records, all_dropped, comparison)
+    all_dropped = 100.0 * statistics.median(ratios["<all>"])
+    return BlockLatencyProfile(1000.0 * statistics.median(teacher_times), records, all_dropped)
 
 
 def _signature(model: nn.Module, block) -> tuple:

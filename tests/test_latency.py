@@ -33,6 +33,16 @@ def test_reduction_is_median_of_paired_ratios():
     assert len(comparison.times["slow"]) == 5
 
 
+def test_reference_brackets_every_other_model():
+    comparison = compare_latency(
+        {"teacher": Sleeper(0.004), "a": Sleeper(0.002), "b": Sleeper(0.002)},
+        batch_size=1, resolution=4, repeats=3, warmup=0,
+    )
+    assert len(comparison.times["teacher"]) == 3 * 3  # before a, between a and b, after b; 3 rounds
+    assert len(comparison.paired["a"]) == len(comparison.times["a"]) == 3
+    assert 0.3 < comparison.reduction("a", "teacher")[0] < 0.7
+
+
 def test_models_are_timed_in_eval_mode_and_restored():
     model = create_model("cifar10_resnet20").train()
     running = model.bn1.running_mean.clone()
@@ -71,7 +81,9 @@ def test_negative_saving_is_clamped_and_flagged(monkeypatch):
     fake_ms.update({b.name: 9.5 for b in blocks if b.name not in fake_ms})  # 5%
 
     def fake_compare(models, *args, **kwargs):
-        return latency.LatencyComparison({n: [fake_ms[n] / 1000] * 3 for n in models}, 8, 32, 1, "cpu")
+        times = {n: [fake_ms[n] / 1000] * 3 for n in models}
+        paired = {n: times["teacher"] for n in models if n != "teacher"}
+        return latency.LatencyComparison(times, 8, 32, 1, "cpu", paired)
 
     monkeypatch.setattr(latency, "compare_latency", fake_compare)
     raw = profile_blocks(model, blocks, 8, 32, pool_identical=False).by_name()

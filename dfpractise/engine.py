@@ -1,0 +1,390 @@
+"""The PRACTISE pipeline, phase by phase, from a teacher and a tiny set to a saved faster model.
+
+    tiny set -> latency of each block -> recoverability scores -> selection (measured)
+             -> drop + recovery -> evaluation -> run folder
+
+Each phase's result is written to the run folder as soon as it exists, so an interrupted run
+resumes from the last finished phase (and recovery from its last checkpoint) with
+``compress(..., resume=True)``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from . import runs
+from .complexity import count_macs, count_params
+from .config import RunConfig
+from .errors import ConfigError, DataError, TargetError
+from .latency import BlockLatency, BlockLatencyProfile, compare_latency, profile_blocks
+from .models.blocks import Block, drop_blocks, find_blocks
+from .progress import Progress
+from .recoverability import BlockScorer, ScoringContext, create_scorer
+from .recovery import recover
+from .selection import BlockScore, next_block, select_by_count, select_by_target
+
+
+@dataclass
+class CompressionResult:
+    """What ``compress`` returns: the models and the report that was written."""
+
+    teacher: nn.Module
+    pruned: nn.Module
+    dropped: list[str]
+    report: dict[str, Any]
+    out_dir: Path | None
+
+
+class PhaseTimer:
+    """Wall time of each phase, for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def total(self) -> dict[str, float]:
+        return {**{k: round(v, 2) for k, v in self.seconds.items()}, "total": round(time.perf_counter() - self._start, 2)}
+
+
+def compress(
+    config: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    source: Any = None,
+    scorer: BlockScorer | None = None,
+    progress: Progress | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    reuse: dict | None = None,
+) -> CompressionResult:
+    """Run PRACTISE end to end; see the module docstring. Returns the pruned model and report.
+
+    ``reuse``: a dict shared across calls in one process (benchmarks, sweeps) in which block
+    latencies and scores are kept under keys made of every setting they depend on, so runs that
+    differ only in target or recovery do not time and score the same blocks again.
+    """
+    config.validate()
+    progress = progress or Progress()
+    timer = PhaseTimer()
+    out = _prepare_out_dir(out_dir, config, resume, overwrite)
+    if resume and out is not None and (out / runs.REPORT).exists():
+        progress.log(f"{out} is already finished; nothing to resume")
+        loaded = runs.load_run(out)
+        return CompressionResult(loaded.teacher, loaded.pruned, loaded.manifest["dropped"], loaded.report, out)
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+
+    # only runs fully described by their config may share cached timings and scores
+    cache = reuse if (reuse is not None and teacher is None and scorer is None and source is None) else {}
+    with timer("setup"):
+        teacher, weights_ref, weights_sha = _load_teacher(config, teacher)
+        cfg = teacher.default_cfg
+        resolution = config.latency.resolution or cfg.input_size
+        blocks = find_blocks(teacher, cfg.input_size)
+        if not blocks:
+            raise ConfigError(f"{config.model} has no droppable residual blocks")
+        if config.drop is not None and config.drop > len(blocks):
+            raise TargetError(
+                f"asked to drop {config.drop} blocks but {config.model} has only {len(blocks)} droppable blocks"
+            )
+        scorer = scorer or create_scorer(config.scoring.scorer)
+
+    with timer("data"):
+        tiny = _load_tiny_set(config, source, cfg.input_size)
+        if out is not None and tiny.files:
+            tiny.save_file_list(out / runs.FILE_LIST)
+        progress.log(f"tiny set: {len(tiny)} images from '{config.data.source}'"
+                     + (f" ({tiny.skipped} unreadable skipped)" if tiny.skipped else ""))
+
+    from .augment import normalize, train_augmentation
+
+    augment = train_augmentation(cfg.input_size)
+    norm = lambda images: normalize(images, cfg.mean, cfg.std)  # noqa: E731
+
+    saved_scores = _read_if(out, runs.SCORES, resume)
+    if saved_scores is not None:
+        profile_records = [BlockLatency(**{**b["latency"], "spread": tuple(b["latency"]["spread"])}) for b in saved_scores["blocks"]]
+        costs = {b["latency"]["name"]: b["cost"] for b in saved_scores["blocks"]}
+        teacher_ms, all_dropped = saved_scores["teacher_ms"], saved_scores["all_dropped"]
+        progress.log("resuming: block latencies and scores read from the run folder")
+    else:
+        latency_key = ("latency", config.model, weights_sha or weights_ref, config.device, repr(config.latency))
+        scores_key = ("scores", latency_key, repr(config.data), config.seed, repr(config.scoring))
+        with timer("latency"):
+            profile = cache.get(latency_key) or profile_blocks(
+                teacher, blocks, config.latency.batch_size, resolution, config.latency.repeats,
+                config.latency.warmup, config.latency.threads, device, config.latency.pool_identical,
+                progress,
+            )
+            profile_records, teacher_ms, all_dropped = profile.blocks, profile.teacher_ms, profile.all_dropped
+        with timer("scoring"):
+            context = ScoringContext(
+                teacher=teacher,
+                blocks=blocks,
+                delta_lat={b.name: b.delta_lat for b in profile_records},
+                images=tiny.images,
+                augment=augment,
+                normalize=norm,
+                config=config.scoring,
+                seed=config.seed,
+                device=device,
+                progress=progress,
+            )
+            costs = cache.get(scores_key) or scorer(context)
+        cache[latency_key], cache[scores_key] = profile, costs
+        if out is not None:
+            runs.write_json(
+                {
+                    "teacher_ms": teacher_ms,
+                    "all_dropped": all_dropped,
+                    "scorer": getattr(scorer, "name", type(scorer).__name__),
+                    "blocks": [{"latency": vars(b), "cost": costs[b.name]} for b in profile_records],
+                },
+                out / runs.SCORES,
+            )
+
+    scores = [
+        BlockScore(b.name, b.stage, b.step, lat.delta_lat, float(costs[b.name]))
+        for b, lat in zip(blocks, profile_records, strict=True)
+    ]
+
+    saved_selection = _read_if(out, runs.SELECTION, resume)
+    with timer("selection"):
+        if saved_selection is not None:
+            dropped, measured = saved_selection["dropped"], saved_selection["measured"]
+        else:
+            dropped, measured = _select(config, teacher, scores, all_dropped, resolution, device, progress)
+            if out is not None:
+                runs.write_json({"dropped": dropped, "measured": measured}, out / runs.SELECTION)
+        pruned = drop_blocks(teacher, dropped, cfg.input_size)
+    progress.log(f"dropping {len(dropped)} blocks: {', '.join(dropped)}")
+
+    with timer("recovery"):
+        recovery = recover(
+            pruned, teacher, tiny.images, config.recovery, augment, norm,
+            labels=tiny.labels, seed=config.seed, device=device, progress=progress,
+            checkpoint=(out / runs.CHECKPOINT) if out is not None else None,
+        )
+
+    if out is not None:
+        runs.save_weights(pruned, out / runs.WEIGHTS)
+        if weights_ref is None:
+            runs.save_weights(teacher, out / runs.TEACHER_WEIGHTS)
+        runs.write_json(
+            runs.make_manifest(config.model, cfg.num_classes, weights_ref, weights_sha, dropped, cfg.input_size),
+            out / runs.MANIFEST,
+        )
+
+    with timer("evaluation"):
+        accuracy = _evaluate(config, teacher, pruned, cfg, device, progress)
+
+    with timer("verification"):
+        final = compare_latency(
+            {"teacher": teacher, "pruned": pruned}, config.latency.batch_size, resolution,
+            2 * config.latency.repeats, config.latency.warmup, config.latency.threads, device,
+            progress=progress, description="Verifying latency",
+        )
+
+    report = _report(
+        config, weights_ref, tiny, dropped, measured, final, accuracy, teacher, pruned, cfg,
+        profile_records, costs, recovery, timer, scorer,
+    )
+    if out is not None:
+        runs.write_json(report, out / runs.REPORT)
+        (out / runs.CHECKPOINT).unlink(missing_ok=True)
+    return CompressionResult(teacher, pruned, dropped, report, out)
+
+
+def _prepare_out_dir(out_dir, config: RunConfig, resume: bool, overwrite: bool) -> Path | None:
+    if out_dir is None:
+        return None
+    from .recipe import load_recipe, save_recipe
+
+    out = Path(out_dir)
+    recipe_path = out / runs.RECIPE
+    if recipe_path.exists():
+        if resume:
+            saved = RunConfig.from_dict(load_recipe(recipe_path))
+            if saved.to_dict() != config.to_dict():
+                raise ConfigError(
+                    f"{out} was started with different settings; resume it with its own recipe "
+                    f"(dfpractise run --resume {out}) or choose another --out"
+                )
+            return out
+        if not overwrite:
+            raise ConfigError(
+                f"{out} already holds a run; continue it with --resume, replace it with --overwrite, "
+                "or choose another --out"
+            )
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(config, recipe_path)
+    return out
+
+
+def _read_if(out: Path | None, name: str, resume: bool):
+    if out is None or not resume or not (out / name).exists():
+        return None
+    return runs.read_json(out / name)
+
+
+def _load_teacher(config: RunConfig, teacher: nn.Module | None) -> tuple[nn.Module, str | None, str | None]:
+    from .models import create_model, get_model_config
+    from .models.weights import resolve_weights, weights_sha256
+
+    if teacher is not None:
+        return teacher, config.weights, None
+    ref = config.weights or get_model_config(config.model).default_weights
+    if ref is None:
+        raise ConfigError(f"no weights given for {config.model}; pass --weights FILE or a known weights name")
+    path = resolve_weights(ref)
+    model = create_model(config.model, weights=str(path))
+    return model, ref, weights_sha256(path)
+
+
+def _load_tiny_set(config: RunConfig, source: Any, image_size: int):
+    from .sources import create_source
+
+    if source is None:
+        if config.data.path is None and config.data.source in ("real", "ood"):
+            raise DataError(f"the '{config.data.source}' source needs a folder: pass --data FOLDER")
+        kwargs = {"root": config.data.path} if config.data.path is not None else {}
+        if config.data.source == "real":
+            kwargs["class_balanced"] = config.data.class_balanced
+        source = create_source(config.data.source, **kwargs)
+    return source.load(config.data.num_images, image_size, config.seed)
+
+
+def _select(config, teacher, scores, all_dropped, resolution, device, progress):
+    """Pick blocks, then measure the pruned model; add the next block while the cut falls short."""
+    if config.drop is not None:
+        dropped = select_by_count(scores, config.drop)
+        measured = _measure_cut(config, teacher, dropped, resolution, device, progress)
+        return dropped, measured
+    target = 100.0 * config.latency_reduction
+    try:
+        dropped = select_by_target(scores, target, config.selection)
+    except TargetError:
+        raise TargetError(
+            f"a {target:.0f}% latency cut is out of reach for {config.model}: dropping every "
+            f"droppable block cuts {all_dropped:.1f}% (measured); ask for less"
+        ) from None
+    while True:
+        measured = _measure_cut(config, teacher, dropped, resolution, device, progress)
+        if measured["reduction"] * 100.0 >= target:
+            return dropped, measured
+        extra = next_block(scores, dropped)
+        if extra is None:
+            raise TargetError(
+                f"a {target:.0f}% latency cut is out of reach for {config.model}: dropping every "
+                f"droppable block cut {100 * measured['reduction']:.1f}% (measured); ask for less"
+            )
+        progress.log(
+            f"measured cut {100 * measured['reduction']:.1f}% < {target:.0f}%: adding {extra.name}"
+        )
+        order = {s.name: s.step for s in scores}
+        dropped = sorted(dropped + [extra.name], key=order.__getitem__)
+
+
+def _measure_cut(config, teacher, dropped, resolution, device, progress) -> dict[str, Any]:
+    comparison = compare_latency(
+        {"teacher": teacher, "pruned": drop_blocks(teacher, dropped)},
+        config.latency.batch_size, resolution, config.latency.repeats, config.latency.warmup,
+        config.latency.threads, device, progress=progress, description="Measuring selection",
+    )
+    median, q25, q75 = comparison.reduction("pruned", "teacher")
+    return {"reduction": median, "reduction_spread": [q25, q75], "blocks": list(dropped)}
+
+
+def _evaluate(config, teacher, pruned, cfg, device, progress) -> dict[str, dict] | None:
+    if not config.data.eval_path:
+        return None
+    from .evaluate import evaluate_models
+
+    return evaluate_models(
+        {"teacher": teacher, "pruned": pruned}, config.data.eval_path, cfg.mean, cfg.std,
+        cfg.input_size, batch_size=config.data.eval_batch_size, device=device, progress=progress,
+    )
+
+
+def _report(config, weights_ref, tiny, dropped, measured, final, accuracy, teacher, pruned, cfg,
+            latency_records, costs, recovery, timer, scorer) -> dict[str, Any]:
+    from .envinfo import environment_info
+
+    reduction, q25, q75 = final.reduction("pruned", "teacher")
+
+    def side(name: str, model: nn.Module) -> dict[str, Any]:
+        acc = (accuracy or {}).get(name, {})
+        return {
+            "top1": acc.get("top1"),
+            "top5": acc.get("top5"),
+            "latency_ms": round(final.median_ms(name), 3),
+            "params": count_params(model),
+            "macs": count_macs(model, cfg.input_size),
+        }
+
+    blocks = [
+        {
+            "name": lat.name,
+            "stage": lat.stage,
+            "delta_lat": round(lat.delta_lat, 3),
+            "delta_lat_raw": round(lat.delta_lat_raw, 3),
+            "clamped": lat.clamped,
+            "recoverability": costs[lat.name],
+            "score": costs[lat.name] / lat.delta_lat,
+            "dropped": lat.name in dropped,
+        }
+        for lat in latency_records
+    ]
+    return {
+        "model": config.model,
+        "weights": weights_ref,
+        "source": config.data.source,
+        "num_images": len(tiny),
+        "skipped_images": tiny.skipped,
+        "seed": config.seed,
+        "scorer": getattr(scorer, "name", type(scorer).__name__),
+        "recovery": {
+            "method": recovery.method,
+            "iterations": recovery.iterations,
+            "final_loss": recovery.final_loss,
+            "resumed_from": recovery.resumed_from,
+        },
+        "target": {"latency_reduction": config.latency_reduction, "drop": config.drop},
+        "dropped": dropped,
+        "teacher": side("teacher", teacher),
+        "pruned": side("pruned", pruned),
+        "latency": {
+            "reduction": reduction,
+            "reduction_spread": [q25, q75],
+            "speedup": final.median_ms("teacher") / final.median_ms("pruned"),
+            "selection_reduction": measured["reduction"],
+            "batch_size": final.batch_size,
+            "resolution": final.resolution,
+            "threads": final.threads,
+            "device": final.device,
+            "repeats": len(final.times["teacher"]),
+        },
+        "blocks": blocks,
+        "phases": timer.total(),
+        "environment": environment_info(),
+    }

@@ -1,0 +1,186 @@
+"""Recovery of the pruned network on the tiny set (PRACTISE.md section 4).
+
+``mir`` (default) mimics the teacher's final feature map with an MSE loss: no labels, so any image
+source works; the classifier head stays the teacher's. ``kd`` matches softened logits; ``bp`` is
+plain cross-entropy on labels; ``none`` leaves the pruned network as it is. The student trains in
+train mode (BatchNorm re-estimated on the tiny set), the teacher stays in eval mode.
+
+The loop checkpoints every ``checkpoint_every`` iterations and when interrupted, and resumes from
+the checkpoint to the same result as an uninterrupted run (RNG states are saved with it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RecoveryConfig
+from .errors import ConfigError
+from .models.blocks import feature_steps
+from .progress import Progress
+from .interrupt import deferred_interrupt
+
+DEFAULT_LR = {"mir": 0.02, "kd": 0.02, "bp": 0.002}
+
+
+@dataclass
+class RecoveryResult:
+    method: str
+    iterations: int
+    final_loss: float | None
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (iteration, mean loss) samples
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+
+def recover(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    config: RecoveryConfig,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    checkpoint: str | Path | None = None,
+) -> RecoveryResult:
+    """Train ``student`` in place to recover the teacher's behaviour on ``images``."""
+    method = config.method
+    if method == "none" or config.iterations == 0:
+        return RecoveryResult(method, 0, None)
+    if method == "bp" and labels is None:
+        raise ConfigError("BP recovery needs labelled images; this tiny set has no labels (use mir or kd)")
+    device = torch.device(device)
+    channels_last = device.type == "cpu"
+    started = time.perf_counter()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    student.to(device, memory_format=memory_format).train()
+    teacher.to(device, memory_format=memory_format).eval()
+    teacher_grad = {n: p.requires_grad for n, p in teacher.named_parameters()}
+    teacher.requires_grad_(False)
+    images = images.to(device)
+    labels = labels.to(device) if labels is not None else None
+    params = _trainable(student, method)
+    lr = config.lr if config.lr is not None else DEFAULT_LR[method]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    milestones = sorted({max(1, int(m * config.iterations)) for m in config.milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    result = RecoveryResult(method, config.iterations, None)
+    start = 0
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint is not None and checkpoint.exists():
+        start = _load_checkpoint(checkpoint, student, optimizer, scheduler, generator, result)
+        result.resumed_from = start
+    loss_fn = _LOSSES[method]
+    window: list[float] = []
+    try:
+        with deferred_interrupt() as interrupted, (progress or Progress()).task(
+            f"Recovering ({method})", total=config.iterations
+        ) as task:
+            task.advance(start)
+            for iteration in range(start, config.iterations):
+                index = torch.randint(0, len(images), (config.batch_size,), generator=generator)
+                x = normalize(augment(images[index]))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                target = labels[index] if labels is not None else None
+                loss = loss_fn(student, teacher, x, target, config)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                window.append(loss.item())
+                task.advance(1, loss=sum(window[-20:]) / len(window[-20:]), lr=scheduler.get_last_lr()[0])
+                done = iteration + 1
+                if done % 50 == 0 or done == config.iterations:
+                    result.losses.append((done, sum(window) / len(window)))
+                    window = []
+                periodic = config.checkpoint_every and done % config.checkpoint_every == 0
+                if checkpoint is not None and (periodic or interrupted()):
+                    _save_checkpoint(checkpoint, done, student, optimizer, scheduler, generator, result)
+                if interrupted():
+                    raise KeyboardInterrupt
+    finally:
+        for n, p in teacher.named_parameters():
+            p.requires_grad_(teacher_grad[n])
+        student.to(memory_format=torch.contiguous_format).eval()
+        teacher.to(memory_format=torch.contiguous_format)
+    result.final_loss = result.losses[-1][1] if result.losses else None
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _trainable(student: nn.Module, method: str) -> list[nn.Parameter]:
+    """MiR trains the feature extractor only: the head must stay the teacher's."""
+    if method == "mir":
+        seen: set[int] = set()
+        params = []
+        for step in feature_steps(student):
+            for p in step.module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+    else:
+        params = list(student.parameters())
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _mir_loss(student, teacher, x, target, config) -> torch.Tensor:
+    with torch.no_grad():
+        wanted = teacher.forward_features(x)
+    return F.mse_loss(student.forward_features(x), wanted)
+
+
+def _kd_loss(student, teacher, x, target, config) -> torch.Tensor:
+    t = config.kd_temperature
+    with torch.no_grad():
+        wanted = F.softmax(teacher(x) / t, dim=1)
+    return F.kl_div(F.log_softmax(student(x) / t, dim=1), wanted, reduction="batchmean") * t * t
+
+
+def _bp_loss(student, teacher, x, target, config) -> torch.Tensor:
+    return F.cross_entropy(student(x), target)
+
+
+_LOSSES = {"mir": _mir_loss, "kd": _kd_loss, "bp": _bp_loss}
+
+
+def _save_checkpoint(path: Path, iteration, student, optimizer, scheduler, generator, result) -> None:
+    state = {
+        "iteration": iteration,
+        "student": student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "losses": [list(x) for x in result.losses],
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, student, optimizer, scheduler, generator, result) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    student.load_state_dict(state["student"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    result.losses = [(int(i), float(v)) for i, v in state["losses"]]
+    return int(state["iteration"])
