@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dfpractise run --recipe recipes/default.yaml --out runs/default
+	$(BIN)/dfpractise run --recipe recipes/default.yaml --out runs/default --resume
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

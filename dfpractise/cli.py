@@ -77,19 +77,21 @@ def main() -> None:
 @click.option("--recovery-iterations", type=int)
 @click.option("--score-iterations", type=int)
 @click.option("--batch-size", "latency_batch", type=int, help="Batch size for latency measurements.")
+@click.option("--resolution", type=int, help="Input size for latency measurements (default: the model's).")
 @click.option("--latency-repeats", type=int)
 @click.option("--threads", type=int, help="CPU threads for latency measurements.")
 @click.option("--device", help="cpu, cuda, cuda:1 ...")
 @click.option("--seed", type=int)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to write.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out where it stopped (a finished run is only reported).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @handle_errors
 def run(recipe, model, weights, source, data_path, num_images, class_balanced, eval_data,
         latency_reduction, drop, scorer, selection, recovery_method, recovery_iterations,
-        score_iterations, latency_batch, latency_repeats, threads, device, seed, out_dir,
+        score_iterations, latency_batch, resolution, latency_repeats, threads, device, seed, out_dir,
         resume, overwrite, quiet, as_json) -> None:
     """Compress a model: time blocks, score them, drop the best, recover, evaluate, save."""
     from .engine import compress
@@ -111,7 +113,8 @@ def run(recipe, model, weights, source, data_path, num_images, class_balanced, e
         "device": device,
         "data": {"source": source, "path": data_path, "num_images": num_images,
                  "class_balanced": class_balanced, "eval_path": eval_data},
-        "latency": {"batch_size": latency_batch, "repeats": latency_repeats, "threads": threads},
+        "latency": {"batch_size": latency_batch, "resolution": resolution, "repeats": latency_repeats,
+                    "threads": threads},
         "scoring": {"scorer": scorer, "iterations": score_iterations},
         "recovery": {"method": recovery_method, "iterations": recovery_iterations},
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import yaml
 from . import __version__
 from .config import RunConfig, merge
 from .errors import ConfigError
+from .files import write_text_atomic
 
 # What os.path.expandvars on POSIX treats as a variable reference: $NAME or ${NAME}.
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
@@ -65,7 +65,7 @@ def save_recipe(config: RunConfig, path: str | Path) -> Path:
         f"#   dfpractise run --recipe {path} --out NEW_RUN_DIR\n"
     )
     body = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-    _write_atomic(path, header + body)
+    write_text_atomic(path, header + body)
     return path
 
 
@@ -187,16 +187,3 @@ def _overlay(lower: dict[str, Any], upper: dict[str, Any], keep_none: bool) -> d
         elif isinstance(value, dict) and isinstance(lower.get(key), dict):
             merged[key] = _overlay(lower[key], value, keep_none=True)
     return merged
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

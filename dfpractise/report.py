@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import DFPractiseError
+from .files import write_text_atomic
 
 DASH = "—"
 
@@ -27,18 +26,7 @@ DASH = "—"
 
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON, atomically: readers never see half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, default=_jsonable) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -1,0 +1,53 @@
+"""The engine's measured selection: scaled predictions, least-cost feasible set, top-ups."""
+
+import pytest
+
+import dfpractise.engine as engine
+from dfpractise.config import RunConfig
+from dfpractise.errors import TargetError
+from dfpractise.selection import BlockScore
+
+
+def _scores():
+    # eight blocks of 3% each by single measurement; costs rise with the index
+    return [BlockScore(f"b{i}", 0, i, 3.0, 0.1 * (i + 1)) for i in range(8)]
+
+
+def _fake_measure(factor):
+    def measure(config, teacher, dropped, resolution, device, progress):
+        return {"reduction": factor * 3.0 * len(dropped) / 100.0, "reduction_spread": [0, 0], "blocks": dropped}
+
+    return measure
+
+
+def _select(monkeypatch, factor, target, all_dropped):
+    monkeypatch.setattr(engine, "_measure_cut", _fake_measure(factor))
+    config = RunConfig(latency_reduction=target)
+    return engine._select(config, None, _scores(), all_dropped, 32, "cpu", engine.Progress())
+
+
+def test_super_additive_savings_do_not_overshoot(monkeypatch):
+    # dropped together, blocks save 1.25x the sum of their single savings (3.75% each, not 3%)
+    dropped, measured = _select(monkeypatch, 1.25, 0.22, all_dropped=30.0)
+    assert dropped == ["b0", "b1", "b2", "b3", "b4", "b5"]  # 6 * 3.75 = 22.5; the plain sum asks for 8
+    assert measured["reduction"] >= 0.22
+    # 30% is reachable although the single savings only sum to 24%
+    dropped, measured = _select(monkeypatch, 1.25, 0.30, all_dropped=30.0)
+    assert len(dropped) == 8 and measured["reduction"] >= 0.30
+
+
+def test_cheapest_blocks_that_reach_the_target(monkeypatch):
+    dropped, measured = _select(monkeypatch, 1.0, 0.12, all_dropped=24.0)
+    assert dropped == ["b0", "b1", "b2", "b3"]
+    assert measured["reduction"] == pytest.approx(0.12)
+
+
+def test_sub_additive_savings_are_topped_up(monkeypatch):
+    dropped, measured = _select(monkeypatch, 0.75, 0.12, all_dropped=18.0)
+    assert measured["reduction"] >= 0.12
+    assert dropped == [f"b{i}" for i in range(len(dropped))] and len(dropped) == 6
+
+
+def test_target_above_the_measured_all_dropped_cut_is_refused(monkeypatch):
+    with pytest.raises(TargetError, match="cuts 20.0%"):
+        _select(monkeypatch, 1.0, 0.25, all_dropped=20.0)
