@@ -10,7 +10,6 @@ resumes from the last finished phase (and recovery from its last checkpoint) wit
 
 from __future__ import annotations
 
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,8 +82,9 @@ def compress(
     config.validate()
     progress = progress or Progress()
     timer = PhaseTimer()
-    out = _prepare_out_dir(out_dir, config, resume, overwrite)
-    if resume and out is not None and (out / runs.REPORT).exists():
+    out = Path(out_dir) if out_dir is not None else None
+    fresh = _check_out_dir(out, config, resume, overwrite)
+    if not fresh and out is not None and (out / runs.REPORT).exists():
         progress.log(f"{out} is already finished; nothing to resume")
         loaded = runs.load_run(out)
         return CompressionResult(loaded.teacher, loaded.pruned, loaded.manifest["dropped"], loaded.report, out)
@@ -108,6 +108,10 @@ def compress(
 
     with timer("data"):
         tiny = _load_tiny_set(config, source, cfg.input_size)
+        if len(tiny) < config.data.num_images:
+            progress.log(f"only {len(tiny)} of {config.data.num_images} images could be read")
+        if fresh:  # the folder is written only once the inputs are known to be good
+            _start_out_dir(out, config, overwrite)
         if out is not None and tiny.files:
             tiny.save_file_list(out / runs.FILE_LIST)
         progress.log(f"tiny set: {len(tiny)} images from '{config.data.source}'"
@@ -212,33 +216,43 @@ def compress(
     return CompressionResult(teacher, pruned, dropped, report, out)
 
 
-def _prepare_out_dir(out_dir, config: RunConfig, resume: bool, overwrite: bool) -> Path | None:
-    if out_dir is None:
-        return None
-    from .recipe import load_recipe, save_recipe
-
-    out = Path(out_dir)
+def _check_out_dir(out: Path | None, config: RunConfig, resume: bool, overwrite: bool) -> bool:
+    """Whether this is a fresh run; refuse to mix with, or silently replace, an existing one."""
+    if out is None:
+        return True
     recipe_path = out / runs.RECIPE
-    if recipe_path.exists():
-        if resume:
-            saved = RunConfig.from_dict(load_recipe(recipe_path))
-            if saved.to_dict() != config.to_dict():
-                raise ConfigError(
-                    f"{out} was started with different settings; resume it with its own recipe "
-                    f"(dfpractise run --resume {out}) or choose another --out"
-                )
-            return out
-        if not overwrite:
+    if recipe_path.exists() and resume:
+        from .recipe import load_recipe
+
+        saved = RunConfig.from_dict(load_recipe(recipe_path))
+        if saved.to_dict() != config.to_dict():
             raise ConfigError(
-                f"{out} already holds a run; continue it with --resume, replace it with --overwrite, "
-                "or choose another --out"
+                f"{out} was started with different settings; resume it with its own recipe "
+                f"(dfpractise run --resume --out {out}) or choose another --out"
             )
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+        return False
+    if recipe_path.exists() and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a run; continue it with --resume, replace it with --overwrite, "
+            "or choose another --out"
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite and not recipe_path.exists():
         raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    return True
+
+
+def _start_out_dir(out: Path | None, config: RunConfig, overwrite: bool) -> None:
+    if out is None:
+        return
+    from .recipe import save_recipe
+
+    if overwrite and out.exists():
+        for name in runs.ARTEFACTS:  # only what a run writes: --overwrite never empties a folder
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    save_recipe(config, recipe_path)
-    return out
+    save_recipe(config, out / runs.RECIPE)
 
 
 def _read_if(out: Path | None, name: str, resume: bool):
@@ -281,7 +295,9 @@ def _select(config, teacher, scores, all_dropped, resolution, device, progress):
     many blocks saves about a quarter more than the sum of their single savings). So the summed
     ΔLat is scaled, first by the measured cut of dropping every candidate, then by each measured
     selection; of the selections whose measured cut reaches the target, the one with the least
-    total cost wins. If none does, blocks are added by score until the measured cut is reached.
+    total cost wins once a second, longer measurement confirms it (a noisy first measurement can
+    flatter a selection). If none does, blocks are added by score until a long measurement
+    reaches the target.
     """
     if config.drop is not None:
         dropped = select_by_count(scores, config.drop)
@@ -309,9 +325,12 @@ def _select(config, teacher, scores, all_dropped, resolution, device, progress):
             feasible.append((sum(by_name[n].cost for n in dropped), dropped, measured))
         if cut > 0 and summed > 0:
             scale = cut / summed
-    if feasible:
-        _, dropped, measured = min(feasible, key=lambda f: f[0])
-        return dropped, measured
+    for _, dropped, measured in sorted(feasible, key=lambda f: f[0]):
+        confirmed = _measure_cut(config, teacher, dropped, resolution, device, progress, rounds=2)
+        if confirmed["reduction"] * 100.0 >= target:
+            return dropped, confirmed
+        measured = confirmed
+        progress.log(f"re-measured {100 * confirmed['reduction']:.1f}% < {target:.0f}%: not confirmed")
     order = {s.name: s.step for s in scores}
     while True:
         extra = next_block(scores, dropped)
@@ -322,15 +341,16 @@ def _select(config, teacher, scores, all_dropped, resolution, device, progress):
             )
         progress.log(f"measured cut {100 * measured['reduction']:.1f}% < {target:.0f}%: adding {extra.name}")
         dropped = sorted(dropped + [extra.name], key=order.__getitem__)
-        measured = _measure_cut(config, teacher, dropped, resolution, device, progress)
+        measured = _measure_cut(config, teacher, dropped, resolution, device, progress, rounds=2)
         if measured["reduction"] * 100.0 >= target:
             return dropped, measured
 
 
-def _measure_cut(config, teacher, dropped, resolution, device, progress) -> dict[str, Any]:
+def _measure_cut(config, teacher, dropped, resolution, device, progress, rounds: int = 1) -> dict[str, Any]:
+    """Measured cut of dropping ``dropped``; ``rounds`` times the configured repeats."""
     comparison = compare_latency(
         {"teacher": teacher, "pruned": drop_blocks(teacher, dropped)},
-        config.latency.batch_size, resolution, config.latency.repeats, config.latency.warmup,
+        config.latency.batch_size, resolution, rounds * config.latency.repeats, config.latency.warmup,
         config.latency.threads, device, progress=progress, description="Measuring selection",
     )
     median, q25, q75 = comparison.reduction("pruned", "teacher")

@@ -31,6 +31,7 @@ SCORES = "scores.json"
 SELECTION = "selection.json"
 CHECKPOINT = "recovery.ckpt"
 REPORT = "report.json"
+ARTEFACTS = (RECIPE, MANIFEST, WEIGHTS, TEACHER_WEIGHTS, FILE_LIST, SCORES, SELECTION, CHECKPOINT, REPORT)
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:

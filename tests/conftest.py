@@ -18,3 +18,13 @@ def assets_dir() -> Path:
     if not (path / "weights").is_dir():
         pytest.skip(f"offline assets not found at {path} (set DFPRACTISE_ASSETS to the mirror)")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _assets_env():
+    """Let tests that name weights (resolved through $DFPRACTISE_ASSETS) run without the Makefile."""
+    if not os.environ.get("DFPRACTISE_ASSETS"):
+        default = REPO_ROOT.parent / "shared" / "assets"
+        if default.is_dir():
+            os.environ["DFPRACTISE_ASSETS"] = str(default.resolve())
+    yield

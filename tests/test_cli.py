@@ -94,6 +94,26 @@ def test_existing_run_folder_is_not_overwritten_by_accident(finished_run, assets
     assert "already holds a run" in result.stderr
 
 
+def test_a_failed_start_leaves_no_run_behind(tmp_path, train_dir):
+    out = tmp_path / "o"
+    first = _invoke("run", "--model", "cifar10_resnt20", "--data", train_dir, "--out", out, "--quiet")
+    assert first.exit_code == 2 and "cifar10_resnet20" in first.stderr  # suggests the close name
+    assert not (out / "recipe.yaml").exists()
+
+
+def test_overwrite_removes_only_run_files(tmp_path, train_dir):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("model: cifar10_resnet20\n")
+    (out / "notes.txt").write_text("mine")
+    result = _invoke("run", "--model", "cifar10_resnet20", "--weights", "cifar10jpeg-resnet20", "--data", train_dir,
+                     "--num-images", "8", "--drop", "1", "--recovery", "none", "--out", out, "--overwrite",
+                     "--quiet", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "report.json").read_text())["dropped"]
+
+
 def _assert_one_line_error(result, *fragments):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output

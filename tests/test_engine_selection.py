@@ -14,7 +14,7 @@ def _scores():
 
 
 def _fake_measure(factor):
-    def measure(config, teacher, dropped, resolution, device, progress):
+    def measure(config, teacher, dropped, resolution, device, progress, rounds=1):
         return {"reduction": factor * 3.0 * len(dropped) / 100.0, "reduction_spread": [0, 0], "blocks": dropped}
 
     return measure
@@ -51,3 +51,18 @@ def test_sub_additive_savings_are_topped_up(monkeypatch):
 def test_target_above_the_measured_all_dropped_cut_is_refused(monkeypatch):
     with pytest.raises(TargetError, match="cuts 20.0%"):
         _select(monkeypatch, 1.0, 0.25, all_dropped=20.0)
+
+
+def test_a_selection_must_be_confirmed_by_a_longer_measurement(monkeypatch):
+    calls = []
+
+    def flattering_then_honest(config, teacher, dropped, resolution, device, progress, rounds=1):
+        calls.append(rounds)
+        bonus = 1.0 if rounds == 1 else 0.0  # the short measurement reads one point high
+        return {"reduction": (3.0 * len(dropped) + bonus) / 100.0, "reduction_spread": [0, 0], "blocks": dropped}
+
+    monkeypatch.setattr(engine, "_measure_cut", flattering_then_honest)
+    dropped, measured = engine._select(RunConfig(latency_reduction=0.13), None, _scores(), 24.0, 32, "cpu",
+                                       engine.Progress())
+    assert len(dropped) == 5 and measured["reduction"] == pytest.approx(0.15)  # 4 blocks read 13% once only
+    assert 2 in calls
