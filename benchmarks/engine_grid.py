@@ -43,6 +43,17 @@ def run_key(num_images: int, target: float, seed: int, scorer: str, iterations: 
     return f"n{num_images}-t{int(round(target * 100))}-s{seed}-{scorer}-it{iterations}"
 
 
+def commit() -> str:
+    """The code version a run measured (with '+dirty' when the tree had uncommitted changes)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"
 
@@ -72,6 +83,7 @@ def summarise(report: dict, wall: float) -> dict:
         "wall_seconds": round(wall, 1),
         "date": dt.date.today().isoformat(),
         "machine": machine(),
+        "commit": commit(),
     }
 
 
@@ -80,6 +92,8 @@ def main() -> None:
     parser.add_argument("--grid", choices=sorted(GRIDS), default="headline")
     parser.add_argument("--scorers", nargs="+", default=list(SCORERS))
     parser.add_argument("--seeds", nargs="+", type=int, help="override the grid's seeds")
+    parser.add_argument("--num-images", nargs="+", type=int, help="override the grid's tiny-set sizes")
+    parser.add_argument("--targets", nargs="+", type=float, help="override the grid's latency targets")
     parser.add_argument("--recovery-iterations", type=int, default=2000)
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "engine.json")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench")
@@ -88,7 +102,8 @@ def main() -> None:
     grid = GRIDS[args.grid]
     results = load_results(args.results)
     reuse: dict = {}
-    combos = itertools.product(grid["num_images"], args.seeds or grid["seeds"], grid["targets"], args.scorers)
+    combos = itertools.product(args.num_images or grid["num_images"], args.seeds or grid["seeds"],
+                               args.targets or grid["targets"], args.scorers)
     for num_images, seed, target, scorer in combos:
         key = run_key(num_images, target, seed, scorer, args.recovery_iterations)
         if key in results["runs"]:
