@@ -57,13 +57,16 @@ def engine_section(runs: dict) -> list[str]:
             f"{len(group)} ({seeds}) | {mean_std([r['pruned_top1'] for r in group])} | "
             f"{mean_std([r['drop_top1'] for r in group])} | {cut} | {mean_std([r['wall_seconds'] for r in group])} |"
         )
-    lines += ["", "Phase wall times of each run (seconds):", "",
-              "| run | latency | scoring | selection | recovery | evaluation | total |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Phase wall times of each run (seconds; latency and scoring are 0 where a run reused "
+              "the timings and scores of an earlier run in the same process), and the commit it measured:", "",
+              "| run | latency | scoring | selection | recovery | evaluation | total | commit |",
+              "|---|---|---|---|---|---|---|---|"]
     for key, run in sorted(runs.items()):
         p = run["phases"]
         lines.append(
             f"| {key} | {p.get('latency', 0):.0f} | {p.get('scoring', 0):.0f} | {p.get('selection', 0):.0f} | "
-            f"{p.get('recovery', 0):.0f} | {p.get('evaluation', 0):.0f} | {p.get('total', 0):.0f} |"
+            f"{p.get('recovery', 0):.0f} | {p.get('evaluation', 0):.0f} | {p.get('total', 0):.0f} | "
+            f"`{run.get('commit', '?')}` |"
         )
     lines += ["", "Blocks dropped:", ""]
     for key, run in sorted(runs.items()):
