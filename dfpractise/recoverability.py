@@ -48,7 +48,6 @@ class BlockScorer(ABC):
     """Returns the cost of dropping each candidate block; selection divides it by ΔLat."""
 
     name: ClassVar[str] = ""
-    needs_images: ClassVar[bool] = True
 
     @abstractmethod
     def __call__(self, context: ScoringContext) -> dict[str, float]: ...
@@ -77,7 +76,6 @@ class RandomScorer(BlockScorer):
     """A random cost per block (seeded): the baseline that knows nothing."""
 
     name = "random"
-    needs_images = False
 
     def __call__(self, context: ScoringContext) -> dict[str, float]:
         rng = random.Random(context.seed)
@@ -89,7 +87,6 @@ class LatencyOnlyScorer(BlockScorer):
     """The same cost for every block, so the score ranks blocks by ΔLat alone."""
 
     name = "latency-only"
-    needs_images = False
 
     def __call__(self, context: ScoringContext) -> dict[str, float]:
         return {b.name: 1.0 for b in context.blocks}

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +29,16 @@ def _assets_env():
         if default.is_dir():
             os.environ["DFPRACTISE_ASSETS"] = str(default.resolve())
     yield
+
+
+def features_without(model, skip, x: torch.Tensor) -> torch.Tensor:
+    """The model's features with the named steps skipped, using the model's own modules.
+
+    A reference for dropping: a pruned copy must compute exactly this.
+    """
+    from dfpractise.models.blocks import feature_steps
+
+    for step in feature_steps(model):
+        if step.name not in skip:
+            x = step.module(x)
+    return x

@@ -6,7 +6,7 @@ import torch
 from dfpractise.config import ScoringConfig
 from dfpractise.errors import ConfigError
 from dfpractise.models import create_model
-from dfpractise.models.blocks import StepsModel, feature_steps, find_blocks
+from dfpractise.models.blocks import feature_steps, find_blocks
 from dfpractise.recoverability import (
     ScoringContext,
     _attach_adaptors,
@@ -14,6 +14,8 @@ from dfpractise.recoverability import (
     identity_adaptor,
     list_scorers,
 )
+
+from conftest import features_without
 
 
 def _context(model, images, iterations=5, views=1, seed=0, lr=0.02):
@@ -71,10 +73,10 @@ def test_identity_adaptors_leave_the_student_unchanged(teacher):
     block = find_blocks(teacher)[2]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        plain = StepsModel(teacher, skip=[block.name]).forward_features(x)
+        plain = features_without(teacher, [block.name], x)
         adaptors, handles = _attach_adaptors(steps, block)
         try:
-            hooked = StepsModel(teacher, skip=[block.name]).forward_features(x)
+            hooked = features_without(teacher, [block.name], x)
         finally:
             for h in handles:
                 h.remove()

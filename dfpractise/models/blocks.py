@@ -230,25 +230,3 @@ def shortcut_convs(block: nn.Module) -> list[nn.Conv2d]:
     if shortcut is None:
         return []
     return [m for m in shortcut.modules() if isinstance(m, nn.Conv2d)]
-
-
-class StepsModel(nn.Module):
-    """A model made of a subset of another model's steps plus its head, sharing its modules.
-
-    Used to time or score "the teacher without block b" without copying the teacher: the steps
-    are the teacher's own modules, so no weights are duplicated.
-    """
-
-    def __init__(self, model: nn.Module, skip: Iterable[str] = ()):
-        super().__init__()
-        skip = set(skip)
-        self.layers = nn.ModuleList(s.module for s in feature_steps(model) if s.name not in skip)
-        self._head = [model]  # not a submodule: keeps parameters() to the steps
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._head[0].forward_head(self.forward_features(x))
