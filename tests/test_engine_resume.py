@@ -1,0 +1,83 @@
+"""An interrupted run resumes from its run folder and finishes with nothing lost."""
+
+import os
+import signal
+
+import pytest
+
+from dfpractise.config import RunConfig
+from dfpractise.engine import compress
+from dfpractise.progress import Progress
+from dfpractise.runs import load_run
+
+
+class InterruptDuring(Progress):
+    """Sends SIGINT (as Ctrl-C would) at a given step of the task whose name starts with ``prefix``."""
+
+    def __init__(self, prefix, step):
+        super().__init__(quiet=True)
+        self.prefix, self.step = prefix, step
+
+    def task(self, description, total):
+        inner = super().task(description, total)
+        if not description.startswith(self.prefix):
+            return inner
+        step = self.step
+
+        class Interrupting:
+            def __enter__(self_):
+                self_.count = 0
+                inner.__enter__()
+                return self_
+
+            def __exit__(self_, *exc):
+                return inner.__exit__(*exc)
+
+            def advance(self_, steps=1, **fields):
+                self_.count += steps
+                if self_.count == step:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        return Interrupting()
+
+
+def _config(assets_dir):
+    config = RunConfig(model="cifar10_resnet20", weights="cifar10jpeg-resnet20", latency_reduction=None,
+                       drop=2, seed=4)
+    config.data.path = str(assets_dir / "cifar10-jpeg" / "train")
+    config.data.num_images = 16
+    config.latency.batch_size, config.latency.repeats, config.latency.warmup = 8, 2, 1
+    config.scoring.iterations, config.scoring.batch_size = 2, 8
+    config.recovery.iterations, config.recovery.batch_size, config.recovery.checkpoint_every = 8, 8, 100
+    return config
+
+
+def test_interrupted_recovery_resumes_from_the_run_folder(tmp_path, assets_dir):
+    out = tmp_path / "run"
+    config = _config(assets_dir)
+    with pytest.raises(KeyboardInterrupt):
+        compress(config, out, progress=InterruptDuring("Recovering", 3))
+    assert (out / "recovery.ckpt").exists() and (out / "selection.json").exists()
+    assert not (out / "report.json").exists()
+    saved_selection = (out / "selection.json").read_text()
+
+    result = compress(config, out, resume=True)
+    assert result.report["recovery"]["resumed_from"] == 3
+    assert (out / "selection.json").read_text() == saved_selection, "finished phases are not redone"
+    assert not (out / "recovery.ckpt").exists()
+    rebuilt = load_run(out)
+    assert rebuilt.manifest["dropped"] == result.dropped
+    for key, value in result.pruned.state_dict().items():
+        assert rebuilt.pruned.state_dict()[key].equal(value.cpu())
+
+
+def test_resume_refuses_different_settings(tmp_path, assets_dir):
+    out = tmp_path / "run"
+    config = _config(assets_dir)
+    with pytest.raises(KeyboardInterrupt):
+        compress(config, out, progress=InterruptDuring("Recovering", 2))
+    config.seed = 5
+    from dfpractise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="different settings"):
+        compress(config, out, resume=True)
