@@ -36,6 +36,9 @@ class LatencyConfig:
     repeats: int = 10
     threads: int | None = None  # None: torch's default
     pool_identical: bool = True  # blocks with identical shapes and layers share one ΔLat
+    # a selection must measure this many points above the target: on a noisy machine two
+    # measurements of the same pair differ by a few points, and a cut should not fall short later
+    target_margin: float = 1.0
 
 
 @dataclass

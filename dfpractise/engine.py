@@ -297,7 +297,8 @@ def _select(config, teacher, scores, all_dropped, resolution, device, progress):
     selection; of the selections whose measured cut reaches the target, the one with the least
     total cost wins once a second, longer measurement confirms it (a noisy first measurement can
     flatter a selection). If none does, blocks are added by score until a long measurement
-    reaches the target.
+    reaches the target. Measurements must clear the target by ``latency.target_margin`` points,
+    so that the verified cut does not fall short through noise alone.
     """
     if config.drop is not None:
         dropped = select_by_count(scores, config.drop)
@@ -308,12 +309,13 @@ def _select(config, teacher, scores, all_dropped, resolution, device, progress):
             f"a {target:.0f}% latency cut is out of reach for {config.model}: dropping every "
             f"droppable block cuts {all_dropped:.1f}% (measured); ask for less"
         )
+    goal = min(target + config.latency.target_margin, all_dropped)  # what a measurement must show
     by_name = {s.name: s for s in scores}
     summed_all = sum(s.delta_lat for s in scores)
     scale = all_dropped / summed_all if summed_all > 0 else 1.0
     feasible, seen = [], set()
     for _ in range(4):
-        dropped = select_by_target(scores, min(target / scale, summed_all), config.selection)
+        dropped = select_by_target(scores, min(goal / scale, summed_all), config.selection)
         if tuple(dropped) in seen:
             break
         seen.add(tuple(dropped))
@@ -321,16 +323,16 @@ def _select(config, teacher, scores, all_dropped, resolution, device, progress):
         cut = 100.0 * measured["reduction"]
         summed = sum(by_name[n].delta_lat for n in dropped)
         progress.log(f"{len(dropped)} blocks: predicted cut {summed * scale:.1f}%, measured {cut:.1f}%")
-        if cut >= target:
+        if cut >= goal:
             feasible.append((sum(by_name[n].cost for n in dropped), dropped, measured))
         if cut > 0 and summed > 0:
             scale = cut / summed
     for _, dropped, measured in sorted(feasible, key=lambda f: f[0]):
         confirmed = _measure_cut(config, teacher, dropped, resolution, device, progress, rounds=2)
-        if confirmed["reduction"] * 100.0 >= target:
+        if confirmed["reduction"] * 100.0 >= goal:
             return dropped, confirmed
         measured = confirmed
-        progress.log(f"re-measured {100 * confirmed['reduction']:.1f}% < {target:.0f}%: not confirmed")
+        progress.log(f"re-measured {100 * confirmed['reduction']:.1f}% < {goal:.1f}%: not confirmed")
     order = {s.name: s.step for s in scores}
     while True:
         extra = next_block(scores, dropped)
@@ -339,10 +341,10 @@ def _select(config, teacher, scores, all_dropped, resolution, device, progress):
                 f"a {target:.0f}% latency cut is out of reach for {config.model}: dropping every "
                 f"droppable block cut {100 * measured['reduction']:.1f}% (measured); ask for less"
             )
-        progress.log(f"measured cut {100 * measured['reduction']:.1f}% < {target:.0f}%: adding {extra.name}")
+        progress.log(f"measured cut {100 * measured['reduction']:.1f}% < {goal:.1f}%: adding {extra.name}")
         dropped = sorted(dropped + [extra.name], key=order.__getitem__)
         measured = _measure_cut(config, teacher, dropped, resolution, device, progress, rounds=2)
-        if measured["reduction"] * 100.0 >= target:
+        if measured["reduction"] * 100.0 >= goal:
             return dropped, measured
 
 

@@ -20,9 +20,10 @@ def _fake_measure(factor):
     return measure
 
 
-def _select(monkeypatch, factor, target, all_dropped):
+def _select(monkeypatch, factor, target, all_dropped, margin=0.0):
     monkeypatch.setattr(engine, "_measure_cut", _fake_measure(factor))
     config = RunConfig(latency_reduction=target)
+    config.latency.target_margin = margin
     return engine._select(config, None, _scores(), all_dropped, 32, "cpu", engine.Progress())
 
 
@@ -62,7 +63,15 @@ def test_a_selection_must_be_confirmed_by_a_longer_measurement(monkeypatch):
         return {"reduction": (3.0 * len(dropped) + bonus) / 100.0, "reduction_spread": [0, 0], "blocks": dropped}
 
     monkeypatch.setattr(engine, "_measure_cut", flattering_then_honest)
-    dropped, measured = engine._select(RunConfig(latency_reduction=0.13), None, _scores(), 24.0, 32, "cpu",
-                                       engine.Progress())
+    config = RunConfig(latency_reduction=0.13)
+    config.latency.target_margin = 0.0
+    dropped, measured = engine._select(config, None, _scores(), 24.0, 32, "cpu", engine.Progress())
     assert len(dropped) == 5 and measured["reduction"] == pytest.approx(0.15)  # 4 blocks read 13% once only
     assert 2 in calls
+
+
+def test_margin_asks_for_a_cut_clearly_above_the_target(monkeypatch):
+    dropped, measured = _select(monkeypatch, 1.0, 0.12, all_dropped=24.0)
+    assert len(dropped) == 4  # 12% exactly, no margin
+    dropped, measured = _select(monkeypatch, 1.0, 0.12, all_dropped=24.0, margin=1.0)
+    assert len(dropped) == 5 and measured["reduction"] >= 0.13
