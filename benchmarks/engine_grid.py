@@ -33,6 +33,7 @@ from dfpractise.progress import Progress  # noqa: E402
 from dfpractise.recipe import resolve_config  # noqa: E402
 
 SCORERS = ("recoverability", "random", "latency-only")
+CODE_VERSION = "unknown"
 GRIDS = {
     "headline": {"num_images": [500], "targets": [0.3], "seeds": [1]},
     "small": {"num_images": [50, 100], "targets": [0.25, 0.4], "seeds": [1, 2, 3]},
@@ -83,7 +84,7 @@ def summarise(report: dict, wall: float) -> dict:
         "wall_seconds": round(wall, 1),
         "date": dt.date.today().isoformat(),
         "machine": machine(),
-        "commit": commit(),
+        "commit": CODE_VERSION,
     }
 
 
@@ -99,6 +100,8 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench")
     args = parser.parse_args()
 
+    global CODE_VERSION
+    CODE_VERSION = commit()  # the code this process imported, not whatever HEAD is when a run ends
     grid = GRIDS[args.grid]
     results = load_results(args.results)
     reuse: dict = {}
