@@ -42,3 +42,34 @@ def features_without(model, skip, x: torch.Tensor) -> torch.Tensor:
         if step.name not in skip:
             x = step.module(x)
     return x
+
+
+def interrupting_progress(prefix: str, step: int):
+    """A quiet ``Progress`` that sends SIGINT, as Ctrl-C would, at step ``step`` of the tasks
+    whose description starts with ``prefix``."""
+    import os
+    import signal
+    from contextlib import contextmanager
+
+    from dfpractise.progress import Progress
+
+    class _Interrupting(Progress):
+        @contextmanager
+        def task(self, description, total):
+            with super().task(description, total) as inner:
+                if not description.startswith(prefix):
+                    yield inner
+                    return
+
+                class Counting:
+                    count = 0
+
+                    def advance(self_, steps=1, **fields):
+                        self_.count += steps
+                        inner.advance(steps, **fields)
+                        if self_.count == step:
+                            os.kill(os.getpid(), signal.SIGINT)
+
+                yield Counting()
+
+    return _Interrupting(quiet=True)

@@ -1,44 +1,12 @@
 """An interrupted run resumes from its run folder and finishes with nothing lost."""
 
-import os
-import signal
-
 import pytest
 
 from dfpractise.config import RunConfig
 from dfpractise.engine import compress
-from dfpractise.progress import Progress
 from dfpractise.runs import load_run
 
-
-class InterruptDuring(Progress):
-    """Sends SIGINT (as Ctrl-C would) at a given step of the task whose name starts with ``prefix``."""
-
-    def __init__(self, prefix, step):
-        super().__init__(quiet=True)
-        self.prefix, self.step = prefix, step
-
-    def task(self, description, total):
-        inner = super().task(description, total)
-        if not description.startswith(self.prefix):
-            return inner
-        step = self.step
-
-        class Interrupting:
-            def __enter__(self_):
-                self_.count = 0
-                inner.__enter__()
-                return self_
-
-            def __exit__(self_, *exc):
-                return inner.__exit__(*exc)
-
-            def advance(self_, steps=1, **fields):
-                self_.count += steps
-                if self_.count == step:
-                    os.kill(os.getpid(), signal.SIGINT)
-
-        return Interrupting()
+from conftest import interrupting_progress
 
 
 def _config(assets_dir):
@@ -56,7 +24,7 @@ def test_interrupted_recovery_resumes_from_the_run_folder(tmp_path, assets_dir):
     out = tmp_path / "run"
     config = _config(assets_dir)
     with pytest.raises(KeyboardInterrupt):
-        compress(config, out, progress=InterruptDuring("Recovering", 3))
+        compress(config, out, progress=interrupting_progress("Recovering", 3))
     assert (out / "recovery.ckpt").exists() and (out / "selection.json").exists()
     assert not (out / "report.json").exists()
     saved_selection = (out / "selection.json").read_text()
@@ -75,7 +43,7 @@ def test_resume_refuses_different_settings(tmp_path, assets_dir):
     out = tmp_path / "run"
     config = _config(assets_dir)
     with pytest.raises(KeyboardInterrupt):
-        compress(config, out, progress=InterruptDuring("Recovering", 2))
+        compress(config, out, progress=interrupting_progress("Recovering", 2))
     config.seed = 5
     from dfpractise.errors import ConfigError
 

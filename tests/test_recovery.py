@@ -1,8 +1,5 @@
 """Recovery: MiR lowers the feature error and keeps the head; BP needs labels; resume is exact."""
 
-import os
-import signal
-
 import pytest
 import torch
 
@@ -10,8 +7,9 @@ from dfpractise.config import RecoveryConfig
 from dfpractise.errors import ConfigError
 from dfpractise.models import create_model
 from dfpractise.models.blocks import drop_blocks
-from dfpractise.progress import Progress
 from dfpractise.recovery import recover
+
+from conftest import interrupting_progress
 
 
 def identity(x):
@@ -79,34 +77,6 @@ def test_no_recovery_leaves_weights_alone(pair, images):
     assert all(torch.equal(state[k], v) for k, v in student.state_dict().items())
 
 
-class InterruptAt(Progress):
-    """Sends SIGINT (as Ctrl-C would) when the loop reaches a given step."""
-
-    def __init__(self, step):
-        super().__init__(quiet=True)
-        self.step = step
-
-    def task(self, description, total):
-        outer = super().task(description, total)
-        stop = self.step
-
-        class Wrapper:
-            def __enter__(self_inner):
-                self_inner.count = 0
-                self_inner.inner = outer.__enter__()
-                return self_inner
-
-            def __exit__(self_inner, *exc):
-                return outer.__exit__(*exc)
-
-            def advance(self_inner, steps=1, **fields):
-                self_inner.count += steps
-                if self_inner.count == stop:
-                    os.kill(os.getpid(), signal.SIGINT)
-
-        return Wrapper()
-
-
 def test_interrupted_recovery_resumes_to_the_same_weights(pair, images, tmp_path):
     teacher, student = pair
     resumed = drop_blocks(teacher, ["layer1.1", "layer2.1"])
@@ -119,7 +89,7 @@ def test_interrupted_recovery_resumes_to_the_same_weights(pair, images, tmp_path
     checkpoint = tmp_path / "recovery.ckpt"
     with pytest.raises(KeyboardInterrupt):
         recover(resumed, teacher, images, config, augment, normalize, seed=3,
-                progress=InterruptAt(5), checkpoint=checkpoint)
+                progress=interrupting_progress("Recovering", 5), checkpoint=checkpoint)
     assert checkpoint.exists()
     result = recover(resumed, teacher, images, config, augment, normalize, seed=3, checkpoint=checkpoint)
     assert result.resumed_from == 5
