@@ -1,0 +1,62 @@
+"""How far apart are repeated latency measurements of the same two networks on this machine?
+
+Loads a finished run, then measures teacher vs pruned ``--times`` times in one process (each a
+full paired, interleaved comparison of ``--repeats`` rounds), once more with a fresh, untrained
+copy of the pruned architecture beside them, and writes the cuts to JSON.
+
+    python benchmarks/latency_repeatability.py runs/bench/n100-t25-s1-latency-only-it500
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.engine_grid import commit, machine  # noqa: E402
+from dfpractise.latency import compare_latency  # noqa: E402
+from dfpractise.models.blocks import drop_blocks  # noqa: E402
+from dfpractise.runs import load_run  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--times", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency_repeatability.json")
+    args = parser.parse_args()
+
+    run = load_run(args.run_dir)
+    size = run.teacher.default_cfg.input_size
+    cuts = []
+    for _ in range(args.times):
+        c = compare_latency({"teacher": run.teacher, "pruned": run.pruned}, 64, size, repeats=args.repeats)
+        cuts.append(c.reduction("pruned", "teacher")[0])
+    fresh = drop_blocks(run.teacher, run.manifest["dropped"])
+    c = compare_latency({"teacher": run.teacher, "untrained": fresh, "pruned": run.pruned}, 64, size,
+                        repeats=args.repeats)
+    result = {
+        "run": args.run_dir.name,
+        "dropped": run.manifest["dropped"],
+        "report_cut": run.report["latency"]["reduction"] if run.report else None,
+        "selection_cut": run.report["latency"]["selection_reduction"] if run.report else None,
+        "repeated_cuts": cuts,
+        "untrained_copy_cut": c.reduction("untrained", "teacher")[0],
+        "trained_cut_same_rounds": c.reduction("pruned", "teacher")[0],
+        "repeats": args.repeats,
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "commit": commit(),
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
