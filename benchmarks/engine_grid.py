@@ -112,7 +112,7 @@ def main() -> None:
         if key in results["runs"]:
             print(f"skip {key} (done)", flush=True)
             continue
-        config = resolve_config(ROOT / "recipes" / "default.yaml", {
+        config = resolve_config(ROOT / "recipes" / "resnet56-real500.yaml", {
             "latency_reduction": target,
             "seed": seed,
             "data": {"num_images": num_images},

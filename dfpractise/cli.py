@@ -48,6 +48,24 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs to a dict; values are read as YAML scalars (2, 0.1, true, [1, 2], text)."""
+    import yaml
+
+    from .errors import ConfigError
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{flag} {pair!r}: the value is not a number, word or list") from None
+    return options
+
+
 def _progress(quiet: bool):
     from .progress import Progress
 
@@ -64,10 +82,17 @@ def main() -> None:
 @click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe; options below override it.")
 @click.option("--model", help="Architecture name (see `dfpractise models`).")
 @click.option("--weights", help="Weights file or known weights name.")
-@click.option("--source", help="Tiny-set source: real (more in later versions).")
-@click.option("--data", "data_path", help="Folder of tiny-set images (ImageFolder layout for real).")
+@click.option("--source", help="Tiny-set source: real, ood (unlabelled folder), synthetic (BN inversion, "
+              "no data), diffusion (--data is the pipeline).")
+@click.option("--data", "data_path", help="Tiny-set images: ImageFolder layout for real, any folder for ood, "
+              "a diffusers pipeline for diffusion.")
 @click.option("--num-images", type=int, help="Images in the tiny set.")
 @click.option("--class-balanced/--no-class-balanced", default=None, help="Draw equally per class.")
+@click.option("--synthesis-option", "synthesis_options", multiple=True, metavar="KEY=VALUE",
+              help="Synthesizer setting for synthetic/diffusion sources, e.g. steps=200 (repeatable).")
+@click.option("--cache-dir", help="Folder of the synthetic images (default: one per settings in the cache).")
+@click.option("--rebuild-cache", is_flag=True, default=None,
+              help="Replace a synthetic cache made with other settings instead of refusing it.")
 @click.option("--eval-data", help="Labelled folder to measure top-1/top-5 on after compression.")
 @click.option("--latency-reduction", type=float, help="Target cut of measured latency, e.g. 0.3.")
 @click.option("--drop", type=int, help="Drop this many blocks instead of a latency target.")
@@ -89,7 +114,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @handle_errors
-def run(recipe, model, weights, source, data_path, num_images, class_balanced, eval_data,
+def run(recipe, model, weights, source, data_path, num_images, class_balanced, synthesis_options, cache_dir,
+        rebuild_cache, eval_data,
         latency_reduction, drop, scorer, selection, recovery_method, recovery_iterations,
         score_iterations, latency_batch, resolution, latency_repeats, threads, device, seed, out_dir,
         resume, overwrite, quiet, as_json) -> None:
@@ -112,7 +138,9 @@ def run(recipe, model, weights, source, data_path, num_images, class_balanced, e
         "seed": seed,
         "device": device,
         "data": {"source": source, "path": data_path, "num_images": num_images,
-                 "class_balanced": class_balanced, "eval_path": eval_data},
+                 "class_balanced": class_balanced, "eval_path": eval_data,
+                 "synthesis": _parse_options(synthesis_options, "--synthesis-option") or None,
+                 "cache_dir": cache_dir, "rebuild_cache": rebuild_cache},
         "latency": {"batch_size": latency_batch, "resolution": resolution, "repeats": latency_repeats,
                     "threads": threads},
         "scoring": {"scorer": scorer, "iterations": score_iterations},
@@ -242,6 +270,49 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
             f"{result['count']} images: teacher top-1 {result['teacher_top1']:.2f}%, "
             f"pruned top-1 {result['pruned_top1']:.2f}% "
             f"({result['pruned_top1'] - result['teacher_top1']:+.2f} points)"
+        )
+
+
+@main.command()
+@click.option("--method", type=click.Choice(["bn-inversion", "diffusion"]), default="bn-inversion",
+              show_default=True, help="BN-statistics inversion of the teacher, or a diffusion pipeline.")
+@click.option("--model", required=True, help="Teacher architecture (see `dfpractise models`).")
+@click.option("--weights", help="Teacher weights file or known weights name.")
+@click.option("--num-images", type=int, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the images (PNG + index.json); an unfinished one is resumed.")
+@click.option("--pipeline", help="diffusers pipeline folder or hub id (--method diffusion).")
+@click.option("--steps", type=int, help="Optimisation (bn-inversion) or denoising (diffusion) steps.")
+@click.option("--batch-size", type=int, help="Images made together.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Any other synthesizer setting, e.g. lr=0.1 or guidance_scale=3 (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--rebuild", is_flag=True, help="Replace images in --out made with other settings.")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the quality report as JSON.")
+@handle_errors
+def synthesize(method, model, weights, num_images, out_dir, pipeline, steps, batch_size, options, seed, device,
+               rebuild, quiet, as_json) -> None:
+    """Make a synthetic tiny set for a teacher, with a quality report and a sample grid."""
+    from .synthesis import synthesize_for_model
+
+    settings = _parse_options(options, "--option")
+    settings.update({k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None})
+    result = synthesize_for_model(
+        method, model, weights, num_images, out_dir, seed=seed, pipeline=pipeline, options=settings,
+        device=device, rebuild=rebuild, progress=_progress(quiet or as_json),
+    )
+    if as_json:
+        _emit_json(result.report)
+    elif not quiet:
+        report = result.report
+        agreement = report.get("agreement")
+        bn = report.get("bn_distance")
+        Console().print(
+            f"{len(result.tiny)} images in {result.folder}: teacher agrees with the intended class on "
+            f"{100 * agreement:.1f}%" + (f", BN-statistics distance {bn:.1f}" if bn is not None else "")
+            + f"; samples in {result.folder / 'samples.png'}"
         )
 
 

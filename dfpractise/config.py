@@ -24,6 +24,12 @@ class DataConfig:
     class_balanced: bool = False
     eval_path: str | None = None
     eval_batch_size: int = 256
+    # synthetic and diffusion sources: synthesizer settings (steps, lr, batch_size, ...); the
+    # folder their images are cached in (None: one per settings under $DFPRACTISE_CACHE/synthetic);
+    # whether a cache folder written with other settings is rebuilt instead of refused
+    synthesis: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None
+    rebuild_cache: bool = False
 
 
 @dataclass
@@ -118,6 +124,8 @@ class RunConfig:
         }.items():
             if value < 0:
                 raise ConfigError(f"{key} must not be negative, got {value}")
+        if not isinstance(self.data.synthesis, dict):
+            raise ConfigError(f"data.synthesis must be a mapping of synthesizer settings, got {self.data.synthesis!r}")
         if self.recovery.method not in ("mir", "bp", "kd", "none"):
             raise ConfigError(f"unknown recovery '{self.recovery.method}' (mir, bp, kd, none)")
         return self

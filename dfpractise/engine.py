@@ -107,13 +107,13 @@ def compress(
         scorer = scorer or create_scorer(config.scoring.scorer)
 
     with timer("data"):
-        tiny = _load_tiny_set(config, source, cfg.input_size)
+        tiny = _load_tiny_set(config, source, teacher, weights_sha, progress)
         if len(tiny) < config.data.num_images:
             progress.log(f"only {len(tiny)} of {config.data.num_images} images could be read")
         if fresh:  # the folder is written only once the inputs are known to be good
             _start_out_dir(out, config, overwrite)
-        if out is not None and tiny.files:
-            tiny.save_file_list(out / runs.FILE_LIST)
+        if out is not None:
+            _save_tiny_set(out, tiny)
         progress.log(f"tiny set: {len(tiny)} images from '{config.data.source}'"
                      + (f" ({tiny.skipped} unreadable skipped)" if tiny.skipped else ""))
 
@@ -262,30 +262,41 @@ def _read_if(out: Path | None, name: str, resume: bool):
 
 
 def _load_teacher(config: RunConfig, teacher: nn.Module | None) -> tuple[nn.Module, str | None, str | None]:
+    if teacher is not None:
+        return teacher, config.weights, None
+    return load_teacher(config.model, config.weights)
+
+
+def load_teacher(model: str, weights: str | None) -> tuple[nn.Module, str, str]:
+    """(model with weights, weights reference, sha256 of the weights file); weights default per model."""
     from .models import create_model, get_model_config
     from .models.weights import resolve_weights, weights_sha256
 
-    if teacher is not None:
-        return teacher, config.weights, None
-    ref = config.weights or get_model_config(config.model).default_weights
+    ref = weights or get_model_config(model).default_weights
     if ref is None:
-        raise ConfigError(f"no weights given for {config.model}; pass --weights FILE or a known weights name")
+        raise ConfigError(f"no weights given for {model}; pass --weights FILE or a known weights name")
     path = resolve_weights(ref)
-    model = create_model(config.model, weights=str(path))
-    return model, ref, weights_sha256(path)
+    return create_model(model, weights=str(path)), ref, weights_sha256(path)
 
 
-def _load_tiny_set(config: RunConfig, source: Any, image_size: int):
-    from .sources import create_source
+def _load_tiny_set(config: RunConfig, source: Any, teacher: nn.Module, teacher_id: str | None,
+                   progress: Progress):
+    from .sources import SourceContext, source_from_config
 
-    if source is None:
-        if config.data.path is None and config.data.source in ("real", "ood"):
-            raise DataError(f"the '{config.data.source}' source needs a folder: pass --data FOLDER")
-        kwargs = {"root": config.data.path} if config.data.path is not None else {}
-        if config.data.source == "real":
-            kwargs["class_balanced"] = config.data.class_balanced
-        source = create_source(config.data.source, **kwargs)
-    return source.load(config.data.num_images, image_size, config.seed)
+    source = source or source_from_config(config.data)
+    context = SourceContext.for_teacher(teacher, teacher_id=teacher_id, device=config.device, progress=progress)
+    return source.load(config.data.num_images, teacher.default_cfg.input_size, config.seed, context)
+
+
+def _save_tiny_set(out: Path, tiny) -> None:
+    """File list, a picture of some samples, and (for synthesised sets) their quality report."""
+    from .report import save_sample_grid, write_json
+
+    if tiny.files:
+        tiny.save_file_list(out / runs.FILE_LIST)
+    save_sample_grid(tiny.images, tiny.labels, out / runs.SAMPLES)
+    if tiny.report is not None:
+        write_json(tiny.report, out / runs.TINY_SET_REPORT)
 
 
 def _select(config, teacher, scores, all_dropped, resolution, device, progress):
@@ -370,6 +381,15 @@ def _evaluate(config, teacher, pruned, cfg, device, progress) -> dict[str, dict]
     )
 
 
+def _tiny_set_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The quality numbers of a synthesised set worth a line in the run report."""
+    if report is None:
+        return None
+    keys = ("method", "agreement", "bn_distance", "teacher_confidence", "cache", "generated_batches",
+            "synthesis_seconds")
+    return {k: report.get(k) for k in keys}
+
+
 def _report(config, weights_ref, tiny, dropped, measured, final, accuracy, teacher, pruned, cfg,
             latency_records, costs, recovery, timer, scorer) -> dict[str, Any]:
     from .envinfo import environment_info
@@ -405,6 +425,7 @@ def _report(config, weights_ref, tiny, dropped, measured, final, accuracy, teach
         "source": config.data.source,
         "num_images": len(tiny),
         "skipped_images": tiny.skipped,
+        "tiny_set": _tiny_set_summary(tiny.report),
         "seed": config.seed,
         "scorer": getattr(scorer, "name", type(scorer).__name__),
         "recovery": {

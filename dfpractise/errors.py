@@ -24,3 +24,7 @@ class DataError(DFPractiseError):
 
 class TargetError(DFPractiseError):
     """A latency target cannot be met by dropping the available blocks."""
+
+
+class SynthesisError(DFPractiseError):
+    """Image synthesis cannot go on (its loss diverged, or its inputs cannot drive it)."""

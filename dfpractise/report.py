@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from rich.console import Console
 from rich.table import Table
 
 from .errors import DFPractiseError
 from .files import write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 DASH = "—"
 
@@ -154,6 +157,31 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         console.print(phases_table(report["phases"]))
 
 
+# ---------------------------------------------------------------- pictures
+
+
+def save_sample_grid(
+    images: torch.Tensor, labels: torch.Tensor | None, path: str | Path, per_class: int = 8, max_images: int = 160
+) -> Path:
+    """A PNG grid: one row of ``per_class`` samples per class (or the first images if unlabelled)."""
+    import torch
+    from torchvision.utils import make_grid, save_image
+
+    if labels is not None:
+        rows = [images[labels == c][:per_class] for c in torch.unique(labels).tolist()]
+        rows = [torch.cat([r, torch.ones(per_class - len(r), *r.shape[1:])]) if len(r) < per_class else r for r in rows]
+        chosen = torch.cat(rows)[:max_images]
+    else:
+        chosen = images[:max_images]
+    scale = max(1, 64 // images.shape[-1])  # small (CIFAR-size) images are enlarged to be seen
+    if scale > 1:
+        chosen = torch.nn.functional.interpolate(chosen, scale_factor=scale, mode="nearest")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(make_grid(chosen, nrow=per_class, padding=2, pad_value=1.0), path)
+    return path
+
+
 # ---------------------------------------------------------------- numbers
 
 
@@ -198,6 +226,9 @@ def _summary_caption(report: dict[str, Any]) -> str:
         goal = "target: —"
     dropped = report.get("dropped") or []
     parts = [goal, f"dropped {len(dropped)}: {', '.join(dropped) or 'none'}"]
+    tiny = report.get("tiny_set") or {}
+    if tiny:
+        parts.append(_tiny_set_line(tiny))
     lat = report.get("latency") or {}
     if lat:
         parts.append(
@@ -205,6 +236,19 @@ def _summary_caption(report: dict[str, Any]) -> str:
             f"{lat.get('resolution', '?')} px, median of {lat.get('repeats', '?')} rounds"
         )
     return "\n".join(parts)
+
+
+def _tiny_set_line(tiny: dict[str, Any]) -> str:
+    parts = [f"tiny set: {tiny.get('method', '?')} images"]
+    if _is_num(tiny.get("agreement")):
+        parts.append(f"teacher agrees with the intended class on {100 * tiny['agreement']:.1f}%")
+    if _is_num(tiny.get("bn_distance")):
+        parts.append(f"BN-statistics distance {tiny['bn_distance']:.1f}")
+    if _is_num(tiny.get("synthesis_seconds")) and tiny.get("generated_batches"):
+        parts.append(f"made in {human_seconds(tiny['synthesis_seconds'])}")
+    elif tiny.get("cache"):
+        parts.append("read from cache")
+    return ", ".join(parts)
 
 
 def _latency_change(latency: dict[str, Any], teacher_ms: Any, pruned_ms: Any) -> str:

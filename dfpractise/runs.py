@@ -2,7 +2,8 @@
 
 A run folder holds the resolved recipe (``recipe.yaml``), the drop manifest (``manifest.json``:
 architecture, weights reference and checksum, dropped blocks), the compressed weights
-(``model.safetensors``), the tiny set's file list, intermediate results that let an interrupted
+(``model.safetensors``), the tiny set's file list, a grid of its images (``samples.png``) and,
+for synthesised sets, their quality report (``tiny_set.json``), intermediate results that let an interrupted
 run resume (``scores.json``, ``selection.json``, ``recovery.ckpt``) and ``report.json``. The
 manifest plus the weights rebuild the pruned model exactly; never a pickled module.
 """
@@ -27,11 +28,14 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 TEACHER_WEIGHTS = "teacher.safetensors"
 FILE_LIST = "tiny_set.txt"
+TINY_SET_REPORT = "tiny_set.json"
+SAMPLES = "samples.png"
 SCORES = "scores.json"
 SELECTION = "selection.json"
 CHECKPOINT = "recovery.ckpt"
 REPORT = "report.json"
-ARTEFACTS = (RECIPE, MANIFEST, WEIGHTS, TEACHER_WEIGHTS, FILE_LIST, SCORES, SELECTION, CHECKPOINT, REPORT)
+ARTEFACTS = (RECIPE, MANIFEST, WEIGHTS, TEACHER_WEIGHTS, FILE_LIST, TINY_SET_REPORT, SAMPLES, SCORES, SELECTION,
+             CHECKPOINT, REPORT)
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:

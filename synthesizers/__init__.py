@@ -1,0 +1,36 @@
+"""Image synthesizers: make a tiny set when no real images exist.
+
+One interface (``Synthesizer``), one registry, and one driver (``synthesize``) that adds batching,
+per-batch seeds, the PNG cache and resume to any synthesizer. Built in: ``bn-inversion``
+(DeepInversion from the teacher's BatchNorm statistics) and ``diffusion`` (any diffusers
+pipeline). ``dfpractise.sources`` wraps them as the ``synthetic`` and ``diffusion`` sources.
+"""
+
+from .base import (
+    BatchResult,
+    Synthesizer,
+    balanced_labels,
+    create_synthesizer,
+    list_synthesizers,
+    model_fingerprint,
+    register_synthesizer,
+)
+from .bn_inversion import BNInversion
+from .diffusion import DiffusionSynthesizer
+from .generate import SyntheticSet, synthesize
+from .quality import quality_report
+
+__all__ = [
+    "BNInversion",
+    "BatchResult",
+    "DiffusionSynthesizer",
+    "Synthesizer",
+    "SyntheticSet",
+    "balanced_labels",
+    "create_synthesizer",
+    "list_synthesizers",
+    "model_fingerprint",
+    "quality_report",
+    "register_synthesizer",
+    "synthesize",
+]

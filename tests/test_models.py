@@ -58,7 +58,7 @@ def test_feature_protocol(name: str) -> None:
         composed = module(composed)
     assert torch.equal(composed, feats)
 
-    assert model.default_cfg == dataclasses.replace(get_model_config(name), num_classes=NUM_CLASSES)
+    assert model.default_cfg == dataclasses.replace(get_model_config(name), num_classes=NUM_CLASSES, class_names=None)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -112,6 +112,12 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+"""CIFAR-10 classes in label order (sorted, as ImageFolder assigns them)."""
+
+
 def _config(depth: int, default_weights: str | None = None) -> ModelConfig:
     return ModelConfig(
         name=f"cifar10_resnet{depth}",
@@ -120,6 +126,7 @@ def _config(depth: int, default_weights: str | None = None) -> ModelConfig:
         std=IMAGENET_STD,
         num_classes=10,
         default_weights=default_weights,
+        class_names=CIFAR10_CLASSES,
     )
 
 

@@ -31,6 +31,8 @@ class ModelConfig:
     std: tuple[float, float, float]
     num_classes: int
     default_weights: str | None = None
+    # names of the output classes, in output order: text-to-image synthesis prompts with them
+    class_names: tuple[str, ...] | None = None
 
 
 Factory = Callable[..., nn.Module]
@@ -100,7 +102,7 @@ def with_num_classes(config: ModelConfig, num_classes: int | None) -> ModelConfi
     """The config of a model built with ``num_classes`` outputs (None keeps the default)."""
     if num_classes is None or num_classes == config.num_classes:
         return config
-    return replace(config, num_classes=num_classes)
+    return replace(config, num_classes=num_classes, class_names=None)
 
 
 def _check_num_classes(num_classes: int | None) -> None:

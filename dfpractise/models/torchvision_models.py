@@ -21,6 +21,13 @@ from dfpractise.models.registry import (
 )
 
 
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in output order, as torchvision ships them (offline)."""
+    from torchvision.models import ResNet18_Weights
+
+    return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 class ResNet(_TVResNet):
     """torchvision ResNet whose features can be run, listed and cut layer by layer."""
 
@@ -87,6 +94,7 @@ def _config(name: str) -> ModelConfig:
         std=IMAGENET_STD,
         num_classes=1000,
         default_weights=None,
+        class_names=imagenet_classes(),
     )
 
 

@@ -7,20 +7,29 @@ this package's ``__init__`` (no import cycle); importing this package registers 
 
 from .base import (
     ImageSource,
+    SourceContext,
     TinySet,
     create_source,
     list_sources,
     read_file_list,
     register_source,
+    source_from_config,
 )
+from .ood import OutOfDomainFolderSource
 from .real import RealFolderSource
+from .synthetic import DiffusionSource, SyntheticSource
 
 __all__ = [
+    "DiffusionSource",
     "ImageSource",
+    "OutOfDomainFolderSource",
     "RealFolderSource",
+    "SourceContext",
+    "SyntheticSource",
     "TinySet",
     "create_source",
     "list_sources",
     "read_file_list",
     "register_source",
+    "source_from_config",
 ]

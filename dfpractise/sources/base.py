@@ -2,7 +2,8 @@
 
 A source (real few-shot folder, out-of-domain folder, BN-statistics inversion, diffusion model)
 only has to turn ``(num_images, image_size, seed)`` into a ``TinySet`` of un-normalised images in
-[0, 1] at the model's input size. The engine never asks where images came from, and never expects
+[0, 1] at the model's input size. Sources that make images from the teacher (or need its class
+names) find it in the optional ``SourceContext``; folder sources ignore it. The engine never asks where images came from, and never expects
 a source to augment: augmentation is applied per batch during training (``dfpractise.augment``).
 Users plug in their own source by subclassing ``ImageSource`` and passing an instance, or by
 registering it under a name for recipes (``@register_source("mine")``).
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError, DataError
+from ..progress import Progress
 
 
 @dataclass
@@ -38,6 +41,8 @@ class TinySet:
     class_names: list[str] | None = None
     skipped: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    # quality numbers of a synthesised set (agreement, BN distance...), for the run folder
+    report: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.shape[1] != 3:
@@ -83,13 +88,34 @@ def read_file_list(path: str | Path) -> list[tuple[str, int | None]]:
     return entries
 
 
+@dataclass
+class SourceContext:
+    """What the engine knows about the model being compressed, for sources that need it."""
+
+    teacher: nn.Module | None = None
+    teacher_id: str | None = None  # sha256 of the teacher's weights file: keys synthetic caches
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    device: str = "cpu"
+    progress: Progress | None = None
+
+    @classmethod
+    def for_teacher(cls, teacher: nn.Module, **kwargs: Any) -> "SourceContext":
+        """A context filled from the teacher's ``default_cfg`` (input statistics, classes)."""
+        cfg = teacher.default_cfg
+        return cls(teacher=teacher, mean=tuple(cfg.mean), std=tuple(cfg.std), num_classes=cfg.num_classes,
+                   class_names=cfg.class_names, **kwargs)
+
+
 class ImageSource(ABC):
     """Something that can produce a tiny set of images for a model of a given input size."""
 
     name: str = ""
 
     @abstractmethod
-    def load(self, num_images: int, image_size: int, seed: int) -> TinySet:
+    def load(self, num_images: int, image_size: int, seed: int, context: SourceContext | None = None) -> TinySet:
         """N images resized to ``image_size``, drawn reproducibly from ``seed``; no augmentation."""
 
     def config(self) -> dict[str, Any]:
@@ -118,6 +144,33 @@ def register_source(name: str) -> Callable[[S], S]:
 def list_sources() -> list[str]:
     """Names of the registered sources, sorted."""
     return sorted(_SOURCES)
+
+
+def source_from_config(data: Any) -> ImageSource:
+    """The source a recipe's ``data`` section names, given the settings its constructor takes.
+
+    ``path`` becomes ``root`` (an image folder, or a pipeline for ``diffusion``); ``synthesis``
+    options go to sources that accept keyword options. A setting the source cannot use is an error
+    rather than silently ignored.
+    """
+    cls = _SOURCES.get(data.source)
+    if cls is None:
+        raise DataError(f"unknown image source {data.source!r}; known sources: {', '.join(list_sources())}")
+    parameters = inspect.signature(cls).parameters
+    takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    root = parameters.get("root")
+    if data.path is None and root is not None and root.default is inspect.Parameter.empty:
+        raise DataError(f"the '{data.source}' source needs a folder: pass --data FOLDER")
+    if data.path is not None and root is None:
+        raise ConfigError(f"the '{data.source}' source reads no folder; leave out --data / data.path")
+    if data.synthesis and not takes_options:
+        raise ConfigError(f"the '{data.source}' source takes no synthesis options ({', '.join(data.synthesis)})")
+    wanted = {"root": data.path, "class_balanced": data.class_balanced, "cache_dir": data.cache_dir,
+              "rebuild_cache": data.rebuild_cache}
+    kwargs = {k: v for k, v in wanted.items() if k in parameters and (v is not None or k == "root")}
+    if data.path is None:
+        kwargs.pop("root", None)
+    return create_source(data.source, **kwargs, **data.synthesis)
 
 
 def create_source(name: str, **kwargs: Any) -> ImageSource:

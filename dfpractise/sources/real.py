@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import DataError
-from .base import ImageSource, TinySet, register_source
+from .base import ImageSource, SourceContext, TinySet, register_source
 from .images import (
     ImageFile,
     list_class_files,
@@ -38,7 +38,7 @@ class RealFolderSource(ImageSource):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "root": str(self.root), "class_balanced": self.class_balanced}
 
-    def load(self, num_images: int, image_size: int, seed: int) -> TinySet:
+    def load(self, num_images: int, image_size: int, seed: int, context: SourceContext | None = None) -> TinySet:
         """Draw, decode and resize ``num_images`` files; unreadable ones are counted, replaced."""
         check_request(num_images, image_size)
         root = require_folder(self.root)

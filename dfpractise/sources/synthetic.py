@@ -1,0 +1,114 @@
+"""Sources that make their images: ``synthetic`` (BN-statistics inversion) and ``diffusion``.
+
+Both wrap a synthesizer from the ``synthesizers`` package in the one source interface, so scoring
+and recovery never know the images were made rather than found. The images live in a cache
+folder (default: one per settings under ``$DFPRACTISE_CACHE/synthetic``) that a second run with
+the same settings reuses and an interrupted run finishes; the set carries its intended classes as
+labels and a quality report (teacher agreement, BN-statistics distance, class histogram).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .base import ImageSource, SourceContext, TinySet, register_source
+from .real import check_request
+
+
+class _SynthesizedSource(ImageSource):
+    """Shared plumbing: build the synthesizer from the context, run it through the cache."""
+
+    method = ""
+
+    def __init__(self, cache_dir: str | Path | None = None, rebuild_cache: bool = False, **options: Any):
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.rebuild_cache = rebuild_cache
+        self.options = options
+
+    def config(self) -> dict[str, Any]:
+        folder = str(self.cache_dir) if self.cache_dir is not None else None
+        return {"name": self.name, "cache_dir": folder, "rebuild_cache": self.rebuild_cache, **self.options}
+
+    def build(self, context: SourceContext):  # -> synthesizers.Synthesizer
+        raise NotImplementedError
+
+    def load(self, num_images: int, image_size: int, seed: int, context: SourceContext | None = None) -> TinySet:
+        from synthesizers import quality_report, synthesize
+        from synthesizers.generate import set_settings
+
+        check_request(num_images, image_size)
+        if context is None or context.teacher is None:
+            raise ConfigError(f"the '{self.name}' source makes images for a teacher; it needs one in its context")
+        synthesizer = self.build(context)
+        num_classes = context.num_classes or int(context.teacher.default_cfg.num_classes)
+        folder = self.cache_dir or default_cache_folder(
+            set_settings(synthesizer, num_images, image_size, num_classes, seed)
+        )
+        made = synthesize(
+            synthesizer, num_images, image_size, num_classes, seed, folder,
+            progress=context.progress, rebuild=self.rebuild_cache,
+        )
+        report = quality_report(context.teacher, made.images, made.labels, context.mean, context.std,
+                                context.class_names)
+        report.update(method=synthesizer.name, cache=str(made.folder), generated_batches=made.generated_batches,
+                      synthesis_seconds=round(made.seconds, 2), settings=made.settings)
+        files = [str(made.folder / "images" / f"{i:05d}.png") for i in range(len(made.images))]
+        info = {"source": self.name, "method": synthesizer.name, "cache": str(made.folder), "seed": seed}
+        names = list(context.class_names) if context.class_names else None
+        return TinySet(made.images, made.labels, files, names, info=info, report=report)
+
+
+def default_cache_folder(settings: dict[str, Any]) -> Path:
+    """``$DFPRACTISE_CACHE/synthetic/<method>-<hash of settings>``: same settings, same folder."""
+    from ..models.weights import cache_dir
+
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "synthetic" / f"{settings['method']}-{key}"
+
+
+@register_source("synthetic")
+class SyntheticSource(_SynthesizedSource):
+    """Data-free images inverted from the teacher's BatchNorm statistics (DeepInversion).
+
+    ``options`` are ``synthesizers.BNInversion`` settings (steps, lr, batch_size, loss weights...).
+    """
+
+    def build(self, context: SourceContext):
+        from synthesizers import create_synthesizer
+
+        return create_synthesizer(
+            "bn-inversion", teacher=context.teacher, mean=context.mean, std=context.std,
+            teacher_id=context.teacher_id, device=context.device, **self.options,
+        )
+
+
+@register_source("diffusion")
+class DiffusionSource(_SynthesizedSource):
+    """Images from a diffusers pipeline (local folder or hub id), one per intended teacher class.
+
+    ``options`` are ``synthesizers.diffusion.DiffusionSynthesizer`` settings (prompt_template,
+    guidance_scale, steps, batch_size, class_ids...). Class names come from the teacher.
+    """
+
+    def __init__(self, root: str | None = None, cache_dir: str | Path | None = None,
+                 rebuild_cache: bool = False, **options: Any):
+        if not root:
+            raise ConfigError("the 'diffusion' source needs a pipeline: pass --data PIPELINE_DIR_OR_HUB_ID")
+        super().__init__(cache_dir, rebuild_cache, **options)
+        self.root = str(root)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "root": self.root}
+
+    def build(self, context: SourceContext):
+        from synthesizers import create_synthesizer
+
+        names = list(context.class_names) if context.class_names else None
+        return create_synthesizer(
+            "diffusion", pipeline=self.root, class_names=names, num_classes=context.num_classes,
+            device=context.device, **self.options,
+        )

@@ -1,0 +1,208 @@
+"""BN-statistics inversion (DeepInversion): images optimised so a teacher sees its training data.
+
+Written from the paper (Yin et al., "Dreaming to Distill", CVPR 2020). Pixels start as noise and
+are optimised with Adam so that (1) every BatchNorm layer's batch mean and variance match its
+running statistics, which the teacher accumulated on its real training set, (2) the teacher
+classifies each image as its intended class, and (3) total-variation and L2 priors keep images
+smooth and bounded. Each step sees a randomly jittered and flipped copy (kornia), so the images
+do not overfit one pixel alignment. Options from the paper: a multi-resolution warm start (the
+first steps at half size, which is cheap, then upsampled) and Adaptive DeepInversion's
+competition term, which rewards images on which a given student disagrees with the teacher.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator, Sequence
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+from kornia.losses import total_variation
+from torch import nn
+
+from dfpractise.errors import ConfigError, SynthesisError
+
+from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
+from .bn_stats import batchnorm_layers, bn_statistics
+
+
+@register_synthesizer("bn-inversion")
+class BNInversion(Synthesizer):
+    """DeepInversion of ``teacher``; ``student`` turns on the Adaptive-DeepInversion term."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        *,
+        student: nn.Module | None = None,
+        teacher_id: str | None = None,
+        steps: int = 200,
+        lr: float = 0.1,
+        batch_size: int = 256,
+        bn_weight: float = 0.05,
+        first_bn_multiplier: float = 10.0,
+        ce_weight: float = 1.0,
+        tv_weight: float = 1.0,
+        l2_weight: float = 0.0,
+        competition_weight: float = 0.0,
+        jitter: int = 2,
+        flip: bool = True,
+        warm_start: float = 0.5,
+        device: str = "cpu",
+    ):
+        _check_positive(steps=steps, lr=lr, batch_size=batch_size)
+        _check_non_negative(
+            bn_weight=bn_weight, first_bn_multiplier=first_bn_multiplier, ce_weight=ce_weight,
+            tv_weight=tv_weight, l2_weight=l2_weight, competition_weight=competition_weight, jitter=jitter,
+        )
+        if not 0 <= warm_start < 1:
+            raise ConfigError(f"warm_start is the fraction of steps at half resolution, in [0, 1); got {warm_start}")
+        if not batchnorm_layers(teacher):
+            raise ConfigError(
+                f"{type(teacher).__name__} has no BatchNorm layers with running statistics, so BN-statistics "
+                "inversion has nothing to match; use the 'diffusion' or 'ood' source instead"
+            )
+        if competition_weight > 0 and student is None:
+            raise ConfigError("competition_weight > 0 (Adaptive DeepInversion) needs a student model")
+        self.device = torch.device(device)
+        self.teacher = teacher.to(self.device).eval()
+        self.student = student.to(self.device).eval() if student is not None else None
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.teacher_id = teacher_id or model_fingerprint(teacher)
+        self.steps = steps
+        self.steps_per_batch = steps
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weights = {
+            "bn": bn_weight, "ce": ce_weight, "tv": tv_weight, "l2": l2_weight, "competition": competition_weight,
+        }
+        self.first_bn_multiplier = first_bn_multiplier
+        self.jitter = jitter
+        self.flip = flip
+        self.warm_start = warm_start
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "teacher": self.teacher_id,
+            "student": model_fingerprint(self.student) if self.student is not None else None,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "steps": self.steps,
+            "lr": self.lr,
+            "loss_weights": dict(self.weights),
+            "first_bn_multiplier": self.first_bn_multiplier,
+            "jitter": self.jitter,
+            "flip": self.flip,
+            "warm_start": self.warm_start,
+            "device": self.device.type,
+        }
+
+    def generate(self, labels: torch.Tensor, image_size: int, seed: int, report: StepReporter) -> BatchResult:
+        labels = labels.to(self.device)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        warm_steps = int(round(self.steps * self.warm_start)) if image_size >= 16 else 0
+        size = image_size // 2 if warm_steps else image_size
+        noise = torch.randn(len(labels), 3, size, size, generator=generator).to(self.device)
+        pixels = (noise * self.std + self.mean).clamp_(0, 1)
+        with ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            torch.manual_seed(seed)  # kornia draws its jitter and flips from the global generator
+            stack.enter_context(_frozen(self.teacher, self.student))
+            stats = stack.enter_context(bn_statistics(self.teacher))
+            phases = [(warm_steps, size), (self.steps - warm_steps, image_size)] if warm_steps else [(self.steps, size)]
+            step = 0
+            for phase_steps, phase_size in phases:
+                if pixels.shape[-1] != phase_size:
+                    pixels = F.interpolate(pixels, size=(phase_size, phase_size), mode="bilinear", align_corners=False)
+                pixels, losses, step = self._optimise(pixels, labels, phase_steps, stats, report, step)
+        return BatchResult(pixels.detach(), {k: round(v, 5) for k, v in losses.items()})
+
+    def _optimise(self, pixels, labels, steps, stats, report, step):
+        """Adam on the pixels for ``steps`` steps at their current size, cosine learning rate."""
+        pixels = pixels.detach().clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([pixels], lr=self.lr, betas=(0.5, 0.9), eps=1e-8)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+        augment = self._augmentation(pixels.shape[-1])
+        losses: dict[str, float] = {}
+        for _ in range(steps):
+            step += 1
+            optimiser.zero_grad(set_to_none=True)
+            loss, losses = self._loss(augment(pixels), labels, stats)
+            if not math.isfinite(losses["loss"]):
+                raise SynthesisError(
+                    f"BN-inversion loss became {losses['loss']} at step {step} of {self.steps} "
+                    f"(lr {self.lr}); lower the learning rate or the loss weights"
+                )
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            with torch.no_grad():
+                pixels.clamp_(0, 1)
+            report(loss=losses["loss"], ce=losses["ce"], bn=losses["bn"])
+        return pixels, losses, step
+
+    def _augmentation(self, size: int) -> nn.Module:
+        jitter = max(1, round(self.jitter * size / 32)) if self.jitter else 0
+        layers: list[nn.Module] = []
+        if jitter:
+            layers.append(K.RandomCrop((size, size), padding=jitter, padding_mode="reflect"))
+        if self.flip:
+            layers.append(K.RandomHorizontalFlip())
+        return nn.Sequential(*layers)
+
+    def _loss(self, pixels: torch.Tensor, labels: torch.Tensor, stats) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = (pixels - self.mean) / self.std
+        stats.pop()
+        logits = self.teacher(inputs)
+        distances = stats.pop()
+        bn = distances[0] * self.first_bn_multiplier + sum(distances[1:])
+        terms = {
+            "ce": F.cross_entropy(logits, labels),
+            "bn": bn,
+            "tv": total_variation(pixels, reduction="mean").mean(),
+            "l2": inputs.flatten(1).norm(dim=1).mean() / math.sqrt(inputs[0].numel()),
+        }
+        if self.student is not None:
+            terms["competition"] = 1.0 - _jensen_shannon(logits, self.student(inputs))
+        loss = sum(self.weights[k] * v for k, v in terms.items())
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        values["loss"] = float(loss.detach())
+        return loss, values
+
+
+def _jensen_shannon(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence of two predictions (in nats, at most ln 2)."""
+    p, q = logits_a.softmax(1), logits_b.softmax(1)
+    m = (0.5 * (p + q)).clamp_min(1e-12).log()
+    return 0.5 * (F.kl_div(m, p, reduction="batchmean") + F.kl_div(m, q, reduction="batchmean"))
+
+
+@contextmanager
+def _frozen(*models: nn.Module | None) -> Iterator[None]:
+    """No parameter gradients while optimising pixels (half the backward cost), restored after."""
+    params = [p for m in models if m is not None for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def _check_non_negative(**values: float) -> None:
+    for name, value in values.items():
+        if not value >= 0:
+            raise ConfigError(f"{name} must be zero or more, got {value}")
