@@ -38,12 +38,18 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return _load(Path(path), chain=())
 
 
+SOURCE_SETTINGS = ("path", "class_balanced", "synthesis", "cache_dir", "rebuild_cache")
+"""``data`` settings that belong to one source, reset when an override switches source."""
+
+
 def resolve_config(recipe: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Build the validated config of a run: defaults <- recipe <- overrides.
 
     ``overrides`` is a nested dict in the shape of ``RunConfig.to_dict()``, as the CLI collects it;
     ``None`` values mean "option not given". Setting ``drop`` clears the recipe's
     ``latency_reduction`` and vice versa, so a CLI option beats the recipe instead of conflicting.
+    Likewise a different ``data.source`` drops the recipe's settings of its own source (folder,
+    synthesis options, cache), which would mean nothing to the new one.
     """
     data = RunConfig().to_dict()
     if recipe is not None:
@@ -52,6 +58,11 @@ def resolve_config(recipe: str | Path | None, overrides: dict[str, Any] | None =
             _build(data)
         except ConfigError as err:  # name the file that holds the bad key or value
             raise ConfigError(f"recipe {recipe}: {err}") from None
+        new_source = ((overrides or {}).get("data") or {}).get("source")
+        if new_source is not None and new_source != data["data"]["source"]:
+            defaults = RunConfig().data
+            for key in SOURCE_SETTINGS:
+                data["data"][key] = getattr(defaults, key)
     data = _overlay(data, overrides or {}, keep_none=False)
     return _build(data).validate()
 

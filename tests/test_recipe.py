@@ -146,23 +146,47 @@ def test_save_then_load_gives_an_equal_config(tmp_path):
     assert resolve_config(path, {}) == config
 
 
-@pytest.mark.parametrize("name", ["default", "resnet56-real500", "resnet20-quick"])
-def test_shipped_recipes_resolve(name, assets):
+@pytest.mark.parametrize(
+    "name, source, folder",
+    [
+        ("default", "synthetic", None),
+        ("resnet56-synthetic512", "synthetic", None),
+        ("resnet56-real500", "real", "cifar10-jpeg/train"),
+        ("resnet56-ood1000", "ood", "imagenet-sample-256"),
+        ("resnet20-quick", "real", "cifar10-jpeg/train"),
+    ],
+)
+def test_shipped_recipes_resolve(name, source, folder, assets):
     config = resolve_config(REPO / "recipes" / f"{name}.yaml", {})
-    assert config.data.path == f"{assets}/cifar10-jpeg/train"
+    assert config.data.path == (f"{assets}/{folder}" if folder else None)
     assert config.data.eval_path == f"{assets}/cifar10-jpeg/val"
-    assert config.seed == 1 and config.data.source == "real"
+    assert config.seed == 1 and config.data.source == source
 
 
-def test_shipped_recipes_say_what_the_brief_says(assets):
+def test_shipped_recipes_say_what_the_briefs_say(assets):
     default = resolve_config(REPO / "recipes" / "default.yaml", {})
     assert (default.model, default.weights) == ("cifar10_resnet56", "cifar10jpeg-resnet56")
-    assert (default.data.num_images, default.latency_reduction) == (500, 0.3)
-    assert resolve_config(REPO / "recipes" / "resnet56-real500.yaml", {}) == default
+    assert (default.data.source, default.data.num_images, default.latency_reduction) == ("synthetic", 512, 0.3)
+    assert resolve_config(REPO / "recipes" / "resnet56-synthetic512.yaml", {}) == default
+    real = resolve_config(REPO / "recipes" / "resnet56-real500.yaml", {})
+    assert (real.model, real.weights, real.data.num_images, real.latency_reduction) == (
+        "cifar10_resnet56", "cifar10jpeg-resnet56", 500, 0.3)
+    ood = resolve_config(REPO / "recipes" / "resnet56-ood1000.yaml", {})
+    assert (ood.data.num_images, ood.weights) == (1000, "cifar10jpeg-resnet56")
     quick = resolve_config(REPO / "recipes" / "resnet20-quick.yaml", {})
     assert (quick.model, quick.weights, quick.data.num_images) == ("cifar10_resnet20", "cifar10jpeg-resnet20", 100)
     assert (quick.latency_reduction, quick.scoring.iterations, quick.recovery.iterations) == (0.2, 20, 100)
     assert quick.latency.repeats == 5
+
+
+def test_switching_source_drops_the_recipes_source_settings(assets):
+    """--source synthetic on a real-data recipe must not inherit its folder, and back."""
+    switched = resolve_config(REPO / "recipes" / "resnet56-real500.yaml", {"data": {"source": "synthetic"}})
+    assert (switched.data.source, switched.data.path, switched.data.synthesis) == ("synthetic", None, {})
+    back = resolve_config(REPO / "recipes" / "default.yaml", {"data": {"source": "real", "path": "/imgs"}})
+    assert (back.data.path, back.data.synthesis) == ("/imgs", {})
+    kept = resolve_config(REPO / "recipes" / "default.yaml", {"data": {"source": "synthetic"}})
+    assert kept.data.synthesis == {"steps": 200, "batch_size": 256}
 
 
 @pytest.mark.parametrize(
