@@ -13,6 +13,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "engine.json"
+SOURCES_RESULTS = ROOT / "benchmarks" / "results" / "sources.json"
+SYNTHESIS_RESULTS = ROOT / "benchmarks" / "results" / "synthesis.json"
+SOURCE_NAMES = {
+    "synthetic": "data-free: 512 BN-inversion images",
+    "ood": "out-of-domain: 1000 ImageNet sample images",
+    "real": "500 real CIFAR-10 training images",
+}
 OUT = ROOT / "BENCHMARKS.md"
 SCORER_NAMES = {"recoverability": "PRACTISE (recoverability)", "random": "random blocks", "latency-only": "latency-only"}
 
@@ -74,8 +81,97 @@ def engine_section(runs: dict) -> list[str]:
     return lines
 
 
+def sources_section(runs: dict, engine_runs: dict) -> list[str]:
+    """Data-free, out-of-domain and real tiny sets side by side at the 30% target."""
+    if not runs:
+        return ["No source runs recorded yet."]
+    rows = dict(runs)
+    borrowed = None
+    if not any(r["source"] == "real" for r in rows.values()):
+        for key, run in engine_runs.items():
+            if (run["num_images"], run["target"], run["scorer"], run["recovery_iterations"]) == (500, 0.3, "recoverability", 2000):
+                borrowed = key
+                rows[f"real (engine run {key})"] = {**run, "source": "real", "tiny_set": None}
+                break
+    any_run = next(iter(runs.values()))
+    lines = [
+        "## Data-free and out-of-domain tiny sets (ResNet-56, CIFAR-10, 30% target)",
+        "",
+        f"Teacher `cifar10jpeg-resnet56` (top-1 {any_run['teacher_top1']:.2f}% on `cifar10-jpeg/val`); PRACTISE "
+        "scoring, MiR recovery (2000 iterations), CPU latency at batch 64, 32x32; one seed. The data-free row "
+        "uses no real image anywhere (BN-statistics inversion of the teacher); the out-of-domain row uses "
+        "ImageNet images whose labels mean nothing to a CIFAR-10 model. Synthesis time is a fresh generation "
+        "(the benchmark empties its cache first) and is part of the wall time.",
+        "",
+        f"Machine: {any_run['machine']}. Dates: {', '.join(sorted({r['date'] for r in runs.values()}))}.",
+        "Command: `python benchmarks/sources_grid.py`, then `python benchmarks/write_benchmarks.py`. "
+        "Raw results: `benchmarks/results/sources.json`.",
+        "",
+        "| tiny set | top-1 pruned | top-1 drop (points) | measured cut % [IQR] | synthesis (s) | teacher agrees with intended class | BN-statistics distance | wall time (s) | commit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = list(SOURCE_NAMES)
+    for key, run in sorted(rows.items(), key=lambda kv: (order.index(kv[1]["source"]), kv[1]["seed"])):
+        tiny = run.get("tiny_set") or {}
+        q25, q75 = run["reduction_spread"]
+        synthesis = f"{tiny['synthesis_seconds']:.0f}" if tiny.get("synthesis_seconds") else "—"
+        agreement = f"{100 * tiny['agreement']:.1f}%" if tiny.get("agreement") is not None else "—"
+        bn = f"{tiny['bn_distance']:.1f}" if tiny.get("bn_distance") is not None else "—"
+        lines.append(
+            f"| {SOURCE_NAMES[run['source']]} (seed {run['seed']}) | {run['pruned_top1']:.2f} | "
+            f"{-run['drop_top1']:+.2f} | {100 * run['reduction']:.1f} [{100 * q25:.1f}, {100 * q75:.1f}] | "
+            f"{synthesis} | {agreement} | {bn} | {run['wall_seconds']:.0f} | `{run.get('commit', '?')}` |"
+        )
+    if borrowed:
+        lines += ["", f"The real-image row is the engine benchmark's run `{borrowed}` (same recipe and settings, "
+                  "measured by `benchmarks/engine_grid.py`), not rerun here."]
+    lines += ["", "Phase wall times (seconds; `data` includes synthesis):", "",
+              "| run | data | latency | scoring | selection | recovery | evaluation | total |",
+              "|---|---|---|---|---|---|---|---|"]
+    for key, run in sorted(rows.items()):
+        p = run["phases"]
+        lines.append(
+            f"| {key} | {p.get('data', 0):.0f} | {p.get('latency', 0):.0f} | {p.get('scoring', 0):.0f} | "
+            f"{p.get('selection', 0):.0f} | {p.get('recovery', 0):.0f} | {p.get('evaluation', 0):.0f} | "
+            f"{p.get('total', 0):.0f} |"
+        )
+    lines += ["", "Blocks dropped:", ""]
+    lines += [f"- {key}: {', '.join(run['dropped'])}" for key, run in sorted(rows.items())]
+    return lines
+
+
+def synthesis_section(runs: dict) -> list[str]:
+    """Speed and quality of BN-statistics inversion on its own, with real and noise references."""
+    if not runs:
+        return []
+    lines = [
+        "## Synthesis speed (BN-statistics inversion, ResNet-56, 512 images at 32x32)",
+        "",
+        "Command: `python benchmarks/synthesis_speed.py`, then `python benchmarks/write_benchmarks.py`. "
+        "Raw results: `benchmarks/results/synthesis.json`. The BN-statistics distance is the sum over the "
+        "teacher's BatchNorm layers of ||batch mean - running mean|| + ||batch variance - running variance|| "
+        "(unweighted), averaged over batches of the synthesis batch size; "
+        "512 real CIFAR-10 training images and 512 Gaussian-noise images give its scale.",
+        "",
+        "| set | settings | wall time (s) | teacher agrees with intended class | BN-statistics distance | real images: distance / teacher top-1 | noise: distance | date | machine | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, run in sorted(runs.items()):
+        settings = run["settings"]
+        described = (f"{settings['steps']} steps (warm start {settings['warm_start']}), batch {settings['batch_size']}, "
+                     f"lr {settings['lr']}")
+        lines.append(
+            f"| {key} | {described} | {run['synthesis_seconds']:.0f} | {100 * run['agreement']:.1f}% | "
+            f"{run['bn_distance']:.1f} | {run['real_bn_distance']:.1f} / {100 * run['real_agreement']:.1f}% | "
+            f"{run['noise_bn_distance']:.1f} | {run['date']} | {run['machine']} | `{run['commit']}` |"
+        )
+    return lines
+
+
 def main() -> None:
     runs = json.loads(RESULTS.read_text())["runs"] if RESULTS.exists() else {}
+    source_runs = json.loads(SOURCES_RESULTS.read_text())["runs"] if SOURCES_RESULTS.exists() else {}
+    synthesis_runs = json.loads(SYNTHESIS_RESULTS.read_text())["runs"] if SYNTHESIS_RESULTS.exists() else {}
     notes_path = ROOT / "benchmarks" / "NOTES.md"
     lines = [
         "# Benchmarks",
@@ -84,6 +180,10 @@ def main() -> None:
         "`benchmarks/` produce; rerun them to reproduce. Speed is always a ratio measured within one run.",
         "",
         *engine_section(runs),
+        "",
+        *sources_section(source_runs, runs),
+        "",
+        *synthesis_section(synthesis_runs),
     ]
     if notes_path.exists():
         lines += ["", notes_path.read_text().strip()]

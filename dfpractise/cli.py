@@ -37,8 +37,8 @@ def handle_errors(fn: Callable) -> Callable:
             click.echo(f"error: {error}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            click.echo("interrupted: finished phases are kept in the run folder; "
-                       "continue with `dfpractise run --resume --out RUN_DIR`", err=True)
+            click.echo("interrupted: finished work is kept (phases in the run folder, batches of synthetic "
+                       "images in their cache); run the same command with --resume to continue", err=True)
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper

@@ -110,6 +110,9 @@ def compress(
         tiny = _load_tiny_set(config, source, teacher, weights_sha, progress)
         if len(tiny) < config.data.num_images:
             progress.log(f"only {len(tiny)} of {config.data.num_images} images could be read")
+        if config.recovery.method == "bp" and tiny.labels is None:
+            raise ConfigError(f"BP recovery needs labelled images and the '{config.data.source}' source has no "
+                              "labels; use --recovery mir (feature mimicking) or kd")
         if fresh:  # the folder is written only once the inputs are known to be good
             _start_out_dir(out, config, overwrite)
         if out is not None:

@@ -5,8 +5,9 @@ convincing. A diffusion model trained on natural images makes natural-looking im
 transfer better to the student when the teacher's classes are ones the model knows: a
 class-conditional model (DiT on ImageNet) is asked for class ids, a text-to-image model
 (Stable Diffusion) for "a photo of a <class name>". Any pipeline saved with ``save_pretrained``
-works, loaded lazily so that a fully cached set never loads it; diffusers is an optional
-dependency (``pip install 'dfpractise[diffusion]'``).
+works. It is loaded on first use (its kind and class mapping are part of the cache key, so a
+cached set still loads it once); diffusers is an optional dependency
+(``pip install 'dfpractise[diffusion]'``).
 """
 
 from __future__ import annotations

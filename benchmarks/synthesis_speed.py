@@ -1,0 +1,93 @@
+"""Synthesis speed and quality of BN-statistics inversion (issue: data-free sources).
+
+Makes 512 images at 32x32 for cifar10jpeg-resnet56 with the settings of
+recipes/resnet56-synthetic512.yaml, from an empty folder, and records the wall time, the
+teacher's agreement with the intended classes and the BN-statistics distance. For scale it also
+measures the same distance for 512 real CIFAR-10 training images and for 512 noise images (at the
+same batch size), since the number means little on its own.
+
+    python benchmarks/synthesis_speed.py
+    python benchmarks/write_benchmarks.py
+
+Run it on a quiet machine: anything else using the cores slows synthesis down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import engine_grid  # noqa: E402
+from dfpractise.engine import load_teacher  # noqa: E402
+from dfpractise.progress import Progress  # noqa: E402
+from dfpractise.recipe import resolve_config  # noqa: E402
+from dfpractise.sources import create_source  # noqa: E402
+from dfpractise.synthesis import synthesize_for_model  # noqa: E402
+from synthesizers import quality_report  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "resnet56-synthetic512.yaml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "synthesis.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-synthesis")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+
+    engine_grid.CODE_VERSION = engine_grid.commit()
+    config = resolve_config(RECIPE, {})
+    options = dict(config.data.synthesis)
+    shutil.rmtree(args.out, ignore_errors=True)
+    start = time.perf_counter()
+    made = synthesize_for_model(
+        "bn-inversion", config.model, config.weights, config.data.num_images, args.out, seed=config.seed,
+        options=options, progress=Progress(quiet=args.quiet),
+    )
+    seconds = time.perf_counter() - start
+    teacher, _, _ = load_teacher(config.model, config.weights)
+    cfg = teacher.default_cfg
+    batch = options.get("batch_size", 256)
+    real = create_source("real", root=str(Path(config.data.eval_path).parent / "train")).load(  # train, not val
+        config.data.num_images, cfg.input_size, config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    noise = (torch.randn(config.data.num_images, 3, cfg.input_size, cfg.input_size, generator=generator)
+             * torch.tensor(cfg.std).view(1, 3, 1, 1) + torch.tensor(cfg.mean).view(1, 3, 1, 1)).clamp(0, 1)
+    reference = {
+        name: quality_report(teacher, tiny_images, labels, cfg.mean, cfg.std, batch_size=batch)
+        for name, tiny_images, labels in [("real", real.images, real.labels), ("noise", noise, None)]
+    }
+    results = engine_grid.load_results(args.results)
+    results["runs"]["bn-inversion-512"] = {
+        "recipe": RECIPE.name,
+        "num_images": config.data.num_images,
+        "settings": made.report["settings"],
+        "seconds": round(seconds, 1),
+        "synthesis_seconds": made.report["synthesis_seconds"],
+        "agreement": made.report["agreement"],
+        "teacher_confidence": made.report["teacher_confidence"],
+        "bn_distance": made.report["bn_distance"],
+        "real_bn_distance": reference["real"]["bn_distance"],
+        "real_agreement": reference["real"]["agreement"],
+        "noise_bn_distance": reference["noise"]["bn_distance"],
+        "date": engine_grid.dt.date.today().isoformat(),
+        "machine": engine_grid.machine(),
+        "commit": engine_grid.CODE_VERSION,
+    }
+    engine_grid.save_results(results, args.results)
+    row = results["runs"]["bn-inversion-512"]
+    print(f"512 images in {row['synthesis_seconds']:.0f} s, agreement {100 * row['agreement']:.1f}%, "
+          f"BN distance {row['bn_distance']:.1f} (real {row['real_bn_distance']:.1f}, noise "
+          f"{row['noise_bn_distance']:.1f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
