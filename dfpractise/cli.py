@@ -288,7 +288,7 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
               help="Any other synthesizer setting, e.g. lr=0.1 or guidance_scale=3 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--rebuild", is_flag=True, help="Replace images in --out made with other settings.")
+@click.option("--rebuild-cache", "rebuild", is_flag=True, help="Replace images in --out made with other settings.")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the quality report as JSON.")
 @handle_errors

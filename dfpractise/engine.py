@@ -10,6 +10,7 @@ resumes from the last finished phase (and recovery from its last checkpoint) wit
 
 from __future__ import annotations
 
+import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -288,7 +289,10 @@ def _load_tiny_set(config: RunConfig, source: Any, teacher: nn.Module, teacher_i
 
     source = source or source_from_config(config.data)
     context = SourceContext.for_teacher(teacher, teacher_id=teacher_id, device=config.device, progress=progress)
-    return source.load(config.data.num_images, teacher.default_cfg.input_size, config.seed, context)
+    args = (config.data.num_images, teacher.default_cfg.input_size, config.seed)
+    if "context" not in inspect.signature(source.load).parameters:
+        return source.load(*args)  # a source written before sources had a context
+    return source.load(*args, context=context)
 
 
 def _save_tiny_set(out: Path, tiny) -> None:

@@ -11,7 +11,6 @@ A user adds a synthesizer by subclassing ``Synthesizer`` and decorating it with
 from __future__ import annotations
 
 import hashlib
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from dfpractise.errors import ConfigError
+from dfpractise.registry import Registry
 
 
 class StepReporter(Protocol):
@@ -56,41 +56,23 @@ class Synthesizer(ABC):
         """Images of classes ``labels`` at ``image_size``, a pure function of (settings, labels, seed)."""
 
 
-_SYNTHESIZERS: dict[str, type[Synthesizer]] = {}
 S = TypeVar("S", bound=type[Synthesizer])
+SYNTHESIZERS: Registry[Synthesizer] = Registry("synthesizer", "synthesizers")
 
 
 def register_synthesizer(name: str) -> Callable[[S], S]:
     """Class decorator: make a synthesizer available to ``create_synthesizer`` and the CLI."""
-
-    def decorate(cls: S) -> S:
-        known = _SYNTHESIZERS.get(name)
-        if known is not None and known is not cls:
-            raise ValueError(f"synthesizer name {name!r} is already taken by {known.__qualname__}")
-        cls.name = name
-        _SYNTHESIZERS[name] = cls
-        return cls
-
-    return decorate
+    return SYNTHESIZERS.register(name)
 
 
 def list_synthesizers() -> list[str]:
     """Names of the registered synthesizers, sorted."""
-    return sorted(_SYNTHESIZERS)
+    return SYNTHESIZERS.names()
 
 
 def create_synthesizer(name: str, **kwargs: Any) -> Synthesizer:
-    """Build a registered synthesizer; unknown names and options are one-line ConfigErrors."""
-    cls = _SYNTHESIZERS.get(name)
-    if cls is None:
-        raise ConfigError(f"unknown synthesizer {name!r}; known: {', '.join(list_synthesizers())}")
-    signature = inspect.signature(cls)
-    try:
-        signature.bind(**kwargs)
-    except TypeError as exc:
-        accepted = ", ".join(p for p in signature.parameters if p not in ("teacher", "student"))
-        raise ConfigError(f"synthesizer {name!r}: {exc}; its options are {accepted}") from None
-    return cls(**kwargs)
+    """Build a registered synthesizer; unknown names and settings are one-line ConfigErrors."""
+    return SYNTHESIZERS.create(name, internal=("teacher", "student", "teacher_id", "mean", "std", "device"), **kwargs)
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -167,7 +167,11 @@ def test_shipped_recipes_say_what_the_briefs_say(assets):
     default = resolve_config(REPO / "recipes" / "default.yaml", {})
     assert (default.model, default.weights) == ("cifar10_resnet56", "cifar10jpeg-resnet56")
     assert (default.data.source, default.data.num_images, default.latency_reduction) == ("synthetic", 512, 0.3)
-    assert resolve_config(REPO / "recipes" / "resnet56-synthetic512.yaml", {}) == default
+    full = resolve_config(REPO / "recipes" / "resnet56-synthetic512.yaml", {})
+    assert (full.data.synthesis["steps"], full.recovery.iterations) == (200, 2000)
+    assert (default.data.synthesis, default.recovery.iterations) == ({"steps": 100, "batch_size": 256}, 1200)
+    assert (full.data, full.scoring, full.latency) == (
+        type(full.data)(**{**vars(default.data), "synthesis": full.data.synthesis}), default.scoring, default.latency)
     real = resolve_config(REPO / "recipes" / "resnet56-real500.yaml", {})
     assert (real.model, real.weights, real.data.num_images, real.latency_reduction) == (
         "cifar10_resnet56", "cifar10jpeg-resnet56", 500, 0.3)
@@ -186,7 +190,7 @@ def test_switching_source_drops_the_recipes_source_settings(assets):
     back = resolve_config(REPO / "recipes" / "default.yaml", {"data": {"source": "real", "path": "/imgs"}})
     assert (back.data.path, back.data.synthesis) == ("/imgs", {})
     kept = resolve_config(REPO / "recipes" / "default.yaml", {"data": {"source": "synthetic"}})
-    assert kept.data.synthesis == {"steps": 200, "batch_size": 256}
+    assert kept.data.synthesis == {"steps": 100, "batch_size": 256}
 
 
 @pytest.mark.parametrize(

@@ -248,7 +248,7 @@ def test_user_sources_plug_in() -> None:
         with pytest.raises(ValueError, match="already taken"):
             register_source("test-noise")(type("Other", (NoiseSource,), {}))
     finally:
-        sources_base._SOURCES.pop("test-noise", None)
+        sources_base.SOURCES.unregister("test-noise")
 
 
 def test_cifar10_train_draw(assets_dir: Path) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..progress import Progress
+from ..registry import Registry
 
 
 @dataclass
@@ -123,27 +124,18 @@ class ImageSource(ABC):
         return {"name": self.name}
 
 
-_SOURCES: dict[str, type[ImageSource]] = {}
 S = TypeVar("S", bound=type[ImageSource])
+SOURCES: Registry[ImageSource] = Registry("image source", "sources", unknown=DataError)
 
 
 def register_source(name: str) -> Callable[[S], S]:
     """Class decorator: make a source available to recipes and ``create_source`` by name."""
-
-    def decorate(cls: S) -> S:
-        known = _SOURCES.get(name)
-        if known is not None and known is not cls:
-            raise ValueError(f"source name {name!r} is already taken by {known.__qualname__}")
-        cls.name = name
-        _SOURCES[name] = cls
-        return cls
-
-    return decorate
+    return SOURCES.register(name)
 
 
 def list_sources() -> list[str]:
     """Names of the registered sources, sorted."""
-    return sorted(_SOURCES)
+    return SOURCES.names()
 
 
 def source_from_config(data: Any) -> ImageSource:
@@ -153,10 +145,7 @@ def source_from_config(data: Any) -> ImageSource:
     options go to sources that accept keyword options. A setting the source cannot use is an error
     rather than silently ignored.
     """
-    cls = _SOURCES.get(data.source)
-    if cls is None:
-        raise DataError(f"unknown image source {data.source!r}; known sources: {', '.join(list_sources())}")
-    parameters = inspect.signature(cls).parameters
+    parameters = inspect.signature(SOURCES.get(data.source)).parameters
     takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     root = parameters.get("root")
     if data.path is None and root is not None and root.default is inspect.Parameter.empty:
@@ -175,14 +164,4 @@ def source_from_config(data: Any) -> ImageSource:
 
 def create_source(name: str, **kwargs: Any) -> ImageSource:
     """Build a registered source from its name and constructor arguments (as a recipe holds)."""
-    cls = _SOURCES.get(name)
-    if cls is None:
-        known = ", ".join(list_sources())
-        raise DataError(f"unknown image source {name!r}; known sources: {known}")
-    signature = inspect.signature(cls)
-    try:
-        signature.bind(**kwargs)
-    except TypeError as exc:
-        accepted = ", ".join(signature.parameters) or "no arguments"
-        raise ConfigError(f"source {name!r}: {exc}; it accepts {accepted}") from None
-    return cls(**kwargs)
+    return SOURCES.create(name, **kwargs)
