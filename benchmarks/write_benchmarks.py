@@ -31,6 +31,21 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+ENGINE_PHASES = ("latency", "scoring", "selection", "recovery", "evaluation", "total")
+
+
+def phase_table(runs: dict, phases: tuple[str, ...], with_commit: bool = False) -> list[str]:
+    """One row of phase wall times (seconds) per run, in run-name order."""
+    header = ["run", *phases, *(["commit"] if with_commit else [])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, run in sorted(runs.items()):
+        cells = [key, *(f"{run['phases'].get(p, 0):.0f}" for p in phases)]
+        if with_commit:
+            cells.append(f"`{run.get('commit', '?')}`")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def engine_section(runs: dict) -> list[str]:
     if not runs:
         return ["No engine runs recorded yet."]
@@ -66,16 +81,8 @@ def engine_section(runs: dict) -> list[str]:
             f"{mean_std([r['drop_top1'] for r in group])} | {cut} | {mean_std([r['wall_seconds'] for r in group])} |"
         )
     lines += ["", "Phase wall times of each run (seconds; latency and scoring are 0 where a run reused "
-              "the timings and scores of an earlier run in the same process), and the commit it measured:", "",
-              "| run | latency | scoring | selection | recovery | evaluation | total | commit |",
-              "|---|---|---|---|---|---|---|---|"]
-    for key, run in sorted(runs.items()):
-        p = run["phases"]
-        lines.append(
-            f"| {key} | {p.get('latency', 0):.0f} | {p.get('scoring', 0):.0f} | {p.get('selection', 0):.0f} | "
-            f"{p.get('recovery', 0):.0f} | {p.get('evaluation', 0):.0f} | {p.get('total', 0):.0f} | "
-            f"`{run.get('commit', '?')}` |"
-        )
+              "the timings and scores of an earlier run in the same process), and the commit it measured:", ""]
+    lines += phase_table(runs, ENGINE_PHASES, with_commit=True)
     lines += ["", "Blocks dropped:", ""]
     for key, run in sorted(runs.items()):
         lines.append(f"- {key}: {', '.join(run['dropped'])}")
@@ -126,16 +133,8 @@ def sources_section(runs: dict, engine_runs: dict) -> list[str]:
     if borrowed:
         lines += ["", f"The real-image row is the engine benchmark's run `{borrowed}` (same recipe and settings, "
                   "measured by `benchmarks/engine_grid.py`), not rerun here."]
-    lines += ["", "Phase wall times (seconds; `data` includes synthesis):", "",
-              "| run | data | latency | scoring | selection | recovery | evaluation | total |",
-              "|---|---|---|---|---|---|---|---|"]
-    for key, run in sorted(rows.items()):
-        p = run["phases"]
-        lines.append(
-            f"| {key} | {p.get('data', 0):.0f} | {p.get('latency', 0):.0f} | {p.get('scoring', 0):.0f} | "
-            f"{p.get('selection', 0):.0f} | {p.get('recovery', 0):.0f} | {p.get('evaluation', 0):.0f} | "
-            f"{p.get('total', 0):.0f} |"
-        )
+    lines += ["", "Phase wall times (seconds; `data` includes synthesis):", ""]
+    lines += phase_table(rows, ("data", *ENGINE_PHASES))
     lines += ["", "Blocks dropped:", ""]
     lines += [f"- {key}: {', '.join(run['dropped'])}" for key, run in sorted(rows.items())]
     return lines

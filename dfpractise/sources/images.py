@@ -199,5 +199,18 @@ def load_with_replacements(
     return Loaded([images[i] for i in kept], [slots[i] for i in kept], skipped)
 
 
+def load_drawn(
+    picks: Sequence[ImageFile],
+    image_size: int,
+    replacement_for: Callable[[ImageFile], ImageFile | None],
+    root: Path,
+) -> Loaded:
+    """``load_with_replacements`` for a folder source: a DataError when nothing could be read."""
+    loaded = load_with_replacements(picks, image_size, replacement_for)
+    if not loaded.images:
+        raise DataError(f"none of the {loaded.skipped} image files tried under {root} could be read")
+    return loaded
+
+
 def _ext_list() -> str:
     return ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)

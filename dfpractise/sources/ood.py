@@ -18,7 +18,7 @@ from .images import (
     IMAGE_EXTENSIONS,
     ImageFile,
     list_image_files,
-    load_with_replacements,
+    load_drawn,
     require_folder,
     to_float_batch,
 )
@@ -46,11 +46,7 @@ class OutOfDomainFolderSource(ImageSource):
         if num_images > len(files):
             raise DataError(f"asked for {num_images} images but {root} holds only {len(files)}")
         picks, replace = draw_uniform(files, num_images, random.Random(seed))
-        loaded = load_with_replacements(picks, image_size, replace)
-        if not loaded.images:
-            raise DataError(
-                f"none of the {loaded.skipped} image files tried under {root} could be read"
-            )
+        loaded = load_drawn(picks, image_size, replace, root)
         return TinySet(
             images=to_float_batch(loaded.images),
             files=[f.path.relative_to(root).as_posix() for f in loaded.files],

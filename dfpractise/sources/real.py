@@ -19,7 +19,7 @@ from .base import ImageSource, SourceContext, TinySet, register_source
 from .images import (
     ImageFile,
     list_class_files,
-    load_with_replacements,
+    load_drawn,
     require_folder,
     to_float_batch,
 )
@@ -53,11 +53,7 @@ class RealFolderSource(ImageSource):
             picks, replace = draw_balanced(files, len(classes), num_images, rng)
         else:
             picks, replace = draw_uniform(files, num_images, rng)
-        loaded = load_with_replacements(picks, image_size, replace)
-        if not loaded.images:
-            raise DataError(
-                f"none of the {loaded.skipped} image files tried under {root} could be read"
-            )
+        loaded = load_drawn(picks, image_size, replace, root)
         return TinySet(
             images=to_float_batch(loaded.images),
             labels=_labels(loaded.files),

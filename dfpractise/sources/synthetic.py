@@ -38,6 +38,7 @@ class _SynthesizedSource(ImageSource):
 
     def load(self, num_images: int, image_size: int, seed: int, context: SourceContext | None = None) -> TinySet:
         from synthesizers import quality_report, synthesize
+        from synthesizers.cache import IMAGES, image_name
         from synthesizers.generate import set_settings
 
         check_request(num_images, image_size)
@@ -56,7 +57,7 @@ class _SynthesizedSource(ImageSource):
                                 context.class_names)
         report.update(method=synthesizer.name, cache=str(made.folder), generated_batches=made.generated_batches,
                       synthesis_seconds=round(made.seconds, 2), settings=made.settings)
-        files = [str(made.folder / "images" / f"{i:05d}.png") for i in range(len(made.images))]
+        files = [str(made.folder / IMAGES / image_name(i)) for i in range(len(made.images))]
         info = {"source": self.name, "method": synthesizer.name, "cache": str(made.folder), "seed": seed}
         names = list(context.class_names) if context.class_names else None
         return TinySet(made.images, made.labels, files, names, info=info, report=report)
