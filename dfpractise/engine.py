@@ -108,7 +108,7 @@ def compress(
         scorer = scorer or create_scorer(config.scoring.scorer)
 
     with timer("data"):
-        tiny = _load_tiny_set(config, source, teacher, weights_sha, progress)
+        tiny = load_tiny_set(config, teacher, weights_sha, progress, source=source)
         if len(tiny) < config.data.num_images:
             progress.log(f"only {len(tiny)} of {config.data.num_images} images could be read")
         if config.recovery.method == "bp" and tiny.labels is None:
@@ -283,9 +283,15 @@ def load_teacher(model: str, weights: str | None) -> tuple[nn.Module, str, str]:
     return create_model(model, weights=str(path)), ref, weights_sha256(path)
 
 
-def _load_tiny_set(config: RunConfig, source: Any, teacher: nn.Module, teacher_id: str | None,
-                   progress: Progress):
+def load_tiny_set(config: RunConfig, teacher: nn.Module, teacher_id: str | None = None,
+                  progress: Progress | None = None, source: Any = None):
+    """The tiny set ``compress`` would use for ``config``: same source, size and seed, same draw.
+
+    Benchmarks call it to recover other pruned networks on exactly the images a run used.
+    """
     from .sources import SourceContext, source_from_config
+
+    progress = progress or Progress()
 
     source = source or source_from_config(config.data)
     context = SourceContext.for_teacher(teacher, teacher_id=teacher_id, device=config.device, progress=progress)

@@ -14,6 +14,7 @@ manner of Torch-Pruning's importance criteria: pass an instance of your own to p
 from __future__ import annotations
 
 import random
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -98,6 +99,18 @@ class RecoverabilityScorer(BlockScorer):
 
     name = "recoverability"
 
+    def __init__(
+        self,
+        done: dict[str, float] | None = None,
+        on_block: Callable[[str, float, float], None] | None = None,
+    ) -> None:
+        """``done``: costs already known (a resumed long scoring), returned without refitting.
+        ``on_block(name, cost, seconds)`` is called as each block finishes, so a caller can save
+        it; the shared activation cache is built once per call and is not in ``seconds``.
+        """
+        self.done = dict(done or {})
+        self.on_block = on_block
+
     def __call__(self, context: ScoringContext) -> dict[str, float]:
         if context.images is None or len(context.images) == 0:
             raise ConfigError("the recoverability scorer needs a tiny set of images")
@@ -119,15 +132,20 @@ class RecoverabilityScorer(BlockScorer):
             clean = len(context.images)
             config = context.config
             progress = context.progress or Progress()
-            costs = {}
-            with progress.task("Scoring blocks", total=len(context.blocks) * config.iterations) as task:
-                for block in context.blocks:
+            costs = {b.name: self.done[b.name] for b in context.blocks if b.name in self.done}
+            todo = [b for b in context.blocks if b.name not in costs]
+            with progress.task("Scoring blocks", total=len(todo) * config.iterations) as task:
+                for block in todo:
+                    started = time.perf_counter()
                     generator = torch.Generator().manual_seed(context.seed * 1000 + block.step)
                     torch.manual_seed(context.seed * 1000 + block.step)
                     costs[block.name] = _fit_adaptors(
                         steps, block, stage_inputs[block.stage], targets, clean, config,
                         generator, channels_last, lambda loss, b=block.name: task.advance(1, block=b, loss=loss),
                     )
+                    if self.on_block is not None:
+                        self.on_block(block.name, costs[block.name], time.perf_counter() - started)
+            costs = {b.name: costs[b.name] for b in context.blocks}  # network order, as before
         finally:
             teacher.to(memory_format=torch.contiguous_format)
             for n, p in teacher.named_parameters():

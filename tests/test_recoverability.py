@@ -94,6 +94,22 @@ def test_fitting_adaptors_lowers_the_error_and_is_deterministic(teacher, images)
     assert trained == again
 
 
+def test_a_resumed_scoring_refits_only_the_missing_blocks_and_matches_a_full_one(teacher, images):
+    from dfpractise.recoverability import RecoverabilityScorer
+
+    context = _context(teacher, images, iterations=5, lr=0.002)
+    seen: list[tuple[str, float, float]] = []
+    full = RecoverabilityScorer(on_block=lambda *record: seen.append(record))(context)
+    assert [name for name, _, _ in seen] == list(full)
+    assert all(cost == full[name] and seconds > 0 for name, cost, seconds in seen)
+    names = list(full)
+    half = {name: full[name] for name in names[: len(names) // 2]}
+    refitted: list[str] = []
+    resumed = RecoverabilityScorer(done=half, on_block=lambda name, *_: refitted.append(name))(context)
+    assert refitted == names[len(names) // 2:]
+    assert resumed == full and list(resumed) == names
+
+
 def test_divergence_falls_back_to_the_identity_error(teacher, images):
     scorer = create_scorer("recoverability")
     untrained = scorer(_context(teacher, images, iterations=0))
