@@ -16,12 +16,19 @@ RESULTS = ROOT / "benchmarks" / "results" / "engine.json"
 SOURCES_RESULTS = ROOT / "benchmarks" / "results" / "sources.json"
 SYNTHESIS_RESULTS = ROOT / "benchmarks" / "results" / "synthesis.json"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "default_run.json"
+SIDE_BY_SIDE_RESULTS = ROOT / "benchmarks" / "results" / "side_by_side.json"
+SCORING_RESULTS = ROOT / "benchmarks" / "results" / "scoring_cost.json"
+SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
 SOURCE_NAMES = {
     "synthetic": "data-free: 512 BN-inversion images",
     "ood": "out-of-domain: 1000 ImageNet sample images",
     "real": "500 real CIFAR-10 training images",
 }
 OUT = ROOT / "BENCHMARKS.md"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import side_by_side_report  # noqa: E402
+
 SCORER_NAMES = {"recoverability": "PRACTISE (recoverability)", "random": "random blocks", "latency-only": "latency-only"}
 
 
@@ -198,6 +205,10 @@ def main() -> None:
     source_runs = json.loads(SOURCES_RESULTS.read_text())["runs"] if SOURCES_RESULTS.exists() else {}
     synthesis_runs = json.loads(SYNTHESIS_RESULTS.read_text())["runs"] if SYNTHESIS_RESULTS.exists() else {}
     default_runs = json.loads(DEFAULT_RESULTS.read_text())["runs"] if DEFAULT_RESULTS.exists() else {}
+    side_by_side = json.loads(SIDE_BY_SIDE_RESULTS.read_text()) if SIDE_BY_SIDE_RESULTS.exists() else {}
+    scoring = json.loads(SCORING_RESULTS.read_text()) if SCORING_RESULTS.exists() else {}
+    plotted = side_by_side_report.plot(side_by_side, SIDE_BY_SIDE_PLOT)
+    plot_name = str(SIDE_BY_SIDE_PLOT.relative_to(ROOT)) if plotted else None
     notes_path = ROOT / "benchmarks" / "NOTES.md"
     lines = [
         "# Benchmarks",
@@ -212,6 +223,8 @@ def main() -> None:
         *synthesis_section(synthesis_runs),
         "",
         *default_run_section(default_runs),
+        "",
+        *side_by_side_report.section(side_by_side, scoring, plot_name),
     ]
     if notes_path.exists():
         lines += ["", notes_path.read_text().strip()]

@@ -1,0 +1,78 @@
+"""The side-by-side report: what BENCHMARKS.md shows is what the JSON holds, and the plot exists."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import side_by_side_report
+from benchmarks.scoring_cost import rank_agreement
+
+
+def _row(top1: float, cut: float, **extra) -> dict:
+    return {"top1": top1, "reduction": cut, "wall_seconds": 10.0, "date": "2026-11-24", "machine": "test box",
+            **extra}
+
+
+def _results() -> dict:
+    cells = {}
+    for seed, shift in ((1, 0.0), (2, 1.0)):
+        cells[f"real50-t40-s{seed}-it500"] = {
+            "tiny_set": "real50", "num_images": 50, "target": 0.4, "seed": seed, "recovery_iterations": 500,
+            "rows": {
+                "block/recoverability/mir": _row(85.0 + shift, 0.42, dropped=["a"]),
+                "filter/l1/mir": _row(80.0 + shift, 0.41, ratio=0.5),
+            },
+            "filter_search": {"l1": {"target_cut": 0.42, "ratio": 0.5, "cut": 0.41, "round_to": None,
+                                     "within_tolerance": True, "trials": [{}, {}], "seconds": 30.0}},
+            "latency_check": {"ms": {"teacher": 90.0}, "reduction": {"block": [0.42, 0.40, 0.44]}},
+        }
+    teacher = {"top1": 89.36, "top5": 99.5, "params": 855770, "macs": 126e6}
+    curve = {"points": [{"ratio": 0.1, "round_to": None, "cut": 0.05, "inner_channels": 900},
+                        {"ratio": 0.1, "round_to": 8, "cut": 0.07, "inner_channels": 800}],
+             "date": "2026-11-24", "repeats": 5}
+    return {"teacher": teacher, "cells": cells, "curve": curve}
+
+
+def test_the_table_averages_seeds_and_puts_the_teacher_first():
+    text = "\n".join(side_by_side_report.section(_results(), {}, None))
+    lines = text.splitlines()
+    teacher = next(i for i, line in enumerate(lines) if "| teacher |" in line)
+    practise = next(i for i, line in enumerate(lines) if "PRACTISE + MiR" in line)
+    filters = next(i for i, line in enumerate(lines) if "filter pruning: L1 + MiR" in line)
+    assert teacher < practise < filters
+    assert "| 1,2 | 85.50 ± 0.71 | -3.86 ± 0.71 | 42.0 ± 0.0 |" in lines[practise]
+    assert "80.50 ± 0.71" in lines[filters]
+    assert "block-internal channels only" in text
+    assert "| 0.1 | 900 | 5.0 | 800 | 7.0 |" in text  # the ratio curve, both round_to settings
+    assert "42.0 [40.0, 44.0]" in text  # the one-run latency check
+
+
+def test_no_results_say_so_instead_of_failing():
+    assert "No side-by-side runs" in "\n".join(side_by_side_report.section({}, {}, None))
+    assert side_by_side_report.plot({}, None) is False
+
+
+def test_the_plot_is_written(tmp_path):
+    path = tmp_path / "plot.png"
+    assert side_by_side_report.plot(_results(), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scoring_rows_show_agreement_only_when_the_reference_is_complete():
+    costs = {f"b{i}": float(i) for i in range(10)}
+    partial = {"n500-s1": {"num_images": 500, "seed": 1, "blocks": 10, "cheap": {"seconds": 10.0, "costs": costs},
+                           "reference": {"costs": {"b0": 0.0}, "seconds": 50.0}}}
+    text = "\n".join(side_by_side_report.scoring_section(partial))
+    assert "1/10" in text and "x |" not in text
+    complete = {"n500-s1": {**partial["n500-s1"], "reference": {"costs": costs, "seconds": 200.0},
+                            "speedup": 20.0, "agreement": rank_agreement(costs, costs)}}
+    assert "| 20.0x | 1.000 | 8/8 |" in "\n".join(side_by_side_report.scoring_section(complete))
+
+
+def test_rank_agreement_counts_the_cheapest_blocks_in_common():
+    a = {f"b{i}": float(i) for i in range(10)}
+    reversed_costs = {name: -cost for name, cost in a.items()}
+    assert rank_agreement(a, a)["spearman"] == pytest.approx(1.0)
+    opposite = rank_agreement(a, reversed_costs, k=3)
+    assert opposite["spearman"] == pytest.approx(-1.0)
+    assert opposite["top_k_overlap"] == 0
