@@ -6,7 +6,8 @@ A cell of the grid is (tiny set, latency target, seed). In each cell:
 - block dropping, blocks chosen by PRACTISE (``recoverability``), ``random`` or ``latency-only``,
   recovered by MiR; PRACTISE's blocks also with no recovery, logits KD and BP (labelled sets);
 - filter pruning through Torch-Pruning (L1 and Taylor importance, block-internal channels only),
-  its ratio searched until the *measured* cut is within 2 points of PRACTISE's measured cut,
+  its ratio searched until the *measured* cut is within 2 points of PRACTISE's measured cut
+  (with ``round_to`` 8 first, then unrounded where rounded widths cannot reach it),
   recovered by MiR and by BP: the same tiny set, iterations and seed as the block-drop model;
 - one interleaved latency run of the teacher and every pruned network of the cell, so the cuts
   compared in the table come from the same measurement.
@@ -39,6 +40,7 @@ from benchmarks import engine_grid  # noqa: E402
 from dfpractise.augment import normalize, train_augmentation  # noqa: E402
 from dfpractise.baselines.filter_pruning import (  # noqa: E402
     inner_widths,
+    kept_channels,
     latency_measure,
     match_latency,
     prune_filters,
@@ -195,18 +197,28 @@ class Cell:
         if search is not None and abs(search["target_cut"] - target_cut) < 1e-9:
             return self._prune(importance, search["ratio"], search["round_to"]), search
         started = time.perf_counter()
-        round_to = self.args.round_to or None
-        ratio, pruned, cut, trials = match_latency(
-            self.world.teacher, target_cut, lambda r: self._prune(importance, r, round_to),
-            measure=latency_measure(batch_size=self.config.latency.batch_size, repeats=self.args.search_repeats),
-            tolerance=TOLERANCE, progress=self.world.progress,
-        )
-        search = {"target_cut": target_cut, "ratio": ratio, "cut": cut, "round_to": round_to,
-                  "within_tolerance": abs(cut - target_cut) <= TOLERANCE, "trials": trials,
+        attempts = []
+        for round_to in self.args.round_to:  # the first setting whose search lands within tolerance wins
+            round_to = round_to or None
+            highest = max_ratio(self.world.teacher, round_to)
+            ratio, pruned, cut, trials = match_latency(
+                self.world.teacher, target_cut, lambda r, rt=round_to: self._prune(importance, r, rt),
+                measure=latency_measure(batch_size=self.config.latency.batch_size, repeats=self.args.search_repeats),
+                tolerance=TOLERANCE, bounds=(0.05, highest), progress=self.world.progress,
+            )
+            attempts.append({"round_to": round_to, "ratio": ratio, "cut": cut, "trials": trials,
+                             "within_tolerance": abs(cut - target_cut) <= TOLERANCE, "model": pruned})
+            if attempts[-1]["within_tolerance"]:
+                break
+        chosen = next((a for a in attempts if a["within_tolerance"]),
+                      min(attempts, key=lambda a: abs(a["cut"] - target_cut)))
+        search = {"target_cut": target_cut, "ratio": chosen["ratio"], "cut": chosen["cut"],
+                  "round_to": chosen["round_to"], "within_tolerance": chosen["within_tolerance"],
+                  "trials": [t for a in attempts for t in ({**t, "round_to": a["round_to"]} for t in a["trials"])],
                   "seconds": round(time.perf_counter() - started, 1)}
         self.record["filter_search"][importance] = search
         self.save()
-        return pruned, search
+        return chosen["model"], search
 
     def _prune(self, importance: str, ratio: float, round_to: int | None):
         loss = pseudo_label_loss(self.world.norm(self.tiny.images)) if importance == "taylor" else None
@@ -284,6 +296,15 @@ class World:
                                progress=self.quiet)["model"]
 
 
+def max_ratio(model, round_to: int | None) -> float:
+    """The largest pruning ratio (to 0.005) that leaves every block-internal conv a channel."""
+    widths = inner_widths(model).values()
+    ratio = 0.9
+    while ratio > 0.05 and any(kept_channels(w, ratio, round_to) < 1 for w in widths):
+        ratio -= 0.005
+    return round(ratio, 3)
+
+
 def ratio_curve(world: World, args) -> None:
     """Measured cut of L1 filter pruning at fixed ratios, with and without ``round_to``.
 
@@ -316,7 +337,8 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", type=float, default=[0.4])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--recovery-iterations", type=int, default=500)
-    parser.add_argument("--round-to", type=int, default=0, help="Torch-Pruning round_to (0: none)")
+    parser.add_argument("--round-to", type=int, nargs="+", default=[8, 0],
+                        help="Torch-Pruning round_to settings tried in order until the cut matches (0: none)")
     parser.add_argument("--search-repeats", type=int, default=5, help="timing rounds per search trial")
     parser.add_argument("--curve", action="store_true", help="only measure cut against ratio for L1")
     parser.add_argument("--no-import", action="store_true", help="recompute block-drop rows the engine grid has")

@@ -71,7 +71,9 @@ def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
         "of Li et al. for ResNet-56): Torch-Pruning traces the CIFAR ResNets' zero-pad (option A) shortcut "
         "as an element-wise op and the pruned network no longer runs, so every other layer is in its "
         "`ignored_layers`. Its pruning ratio is searched on measured latency until the cut is within 2 "
-        "points of PRACTISE's measured cut in the same cell.",
+        "points of PRACTISE's measured cut in the same cell, first with Torch-Pruning's `round_to=8` "
+        "(channel counts in multiples of 8), then without rounding where rounded widths cannot reach the cut "
+        "(rounding empties the 16-channel stage-1 convs above a ratio of 0.5).",
         "",
         f"Machine: {', '.join(machines)}. Dates: {', '.join(dates)}. Commands: "
         "`python benchmarks/side_by_side.py --tiny-sets ... --targets ... --seeds ...`, "
@@ -119,12 +121,13 @@ def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
 
 def _search_table(cells: dict) -> list[str]:
     lines = ["Filter-pruning ratio search (each trial timed against the teacher, interleaved):", "",
-             "| cell | importance | target cut % | chosen ratio | its cut % | within 2 points | trials | search (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| cell | importance | target cut % | chosen ratio | round_to | its cut % | within 2 points | trials | search (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, cell in sorted(cells.items()):
         for importance, search in cell.get("filter_search", {}).items():
             lines.append(
                 f"| {key} | {importance} | {100 * search['target_cut']:.1f} | {search['ratio']:.3f} | "
+                f"{search['round_to'] or 'none'} | "
                 f"{100 * search['cut']:.1f} | {'yes' if search['within_tolerance'] else 'no'} | "
                 f"{len(search['trials'])} | {search['seconds']:.0f} |"
             )
