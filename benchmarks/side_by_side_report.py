@@ -91,13 +91,13 @@ def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
     if plot_name:
         lines += [f"![measured latency cut against top-1]({plot_name})", ""]
     lines += [
-        "| tiny set | target | method | seeds | top-1 % | change (points) | measured cut % | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| tiny set | target | method | seeds | top-1 % | change (points) | measured cut % | MACs (M) | params (k) | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, group in sorted(_groups(cells).items(), key=lambda kv: _order(kv[0])):
         tiny_set, target, iterations = key
         lines.append(f"| {TINY_SET_NAMES.get(tiny_set, tiny_set)} | {round(100 * target)}% | teacher | | "
-                     f"{teacher['top1']:.2f} | | 0 | |")
+                     f"{teacher['top1']:.2f} | | 0 | {teacher['macs'] / 1e6:.0f} | {teacher['params'] / 1e3:.0f} | |")
         for method, label in METHODS.items():
             entries = sorted(group.get(method, []), key=lambda e: e[0])
             if not entries:
@@ -108,6 +108,7 @@ def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
                 f"| | | {label} | {seeds} | {_mean_std(top1)} | "
                 f"{_mean_std([t - teacher['top1'] for t in top1])} | "
                 f"{_mean_std([100 * r['reduction'] for _, r in entries], 1)} | "
+                f"{_size(group, method, 'macs', 1e6)} | {_size(group, method, 'params', 1e3)} | "
                 f"{_mean_std([r['wall_seconds'] for _, r in entries], 0)} |"
             )
     lines += ["", f"Recovery: {next(iter(cells.values()))['recovery_iterations']} iterations, batch 64. "
@@ -117,6 +118,20 @@ def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
     lines += _curve_table(results.get("curve"))
     lines += scoring_section(scoring)
     return lines
+
+
+def _size(group: dict, method: str, field: str, unit: float) -> str:
+    """Mean size of the method's networks; block-drop rows take it from the same network's other rows."""
+    family = method.rsplit("/", 1)[0]
+    per_seed = {}
+    for key, entries in group.items():
+        if key.rsplit("/", 1)[0] == family:
+            for seed, row in entries:
+                if row.get(field) is not None:
+                    per_seed.setdefault(seed, row[field])
+    seeds = [seed for seed, _ in group.get(method, [])]
+    values = [per_seed[s] / unit for s in seeds if s in per_seed]
+    return _mean_std(values, 0) if values else ""
 
 
 def _search_table(cells: dict) -> list[str]:

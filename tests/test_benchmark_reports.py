@@ -40,6 +40,7 @@ def test_the_table_averages_seeds_and_puts_the_teacher_first():
     practise = next(i for i, line in enumerate(lines) if "PRACTISE + MiR" in line)
     filters = next(i for i, line in enumerate(lines) if "filter pruning: L1 + MiR" in line)
     assert teacher < practise < filters
+    assert "| 89.36 | | 0 | 126 | 856 |" in lines[teacher]  # MACs (M) and parameters (k)
     assert "| 1,2 | 85.50 ± 0.71 | -3.86 ± 0.71 | 42.0 ± 0.0 |" in lines[practise]
     assert "80.50 ± 0.71" in lines[filters]
     assert "block-internal channels only" in text
