@@ -119,8 +119,9 @@ class Cell:
 
     def add(self, name: str, row: dict, started: float) -> None:
         row.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
-        row.update(date=dt.date.today().isoformat(), machine=engine_grid.machine(),
-                   commit=engine_grid.CODE_VERSION)
+        for field, value in (("date", dt.date.today().isoformat()), ("machine", engine_grid.machine()),
+                             ("commit", engine_grid.CODE_VERSION)):
+            row.setdefault(field, value)  # an imported row keeps when, where and what measured it
         self.rows[name] = row
         self.save()
         cut = row.get("reduction")
@@ -173,7 +174,8 @@ class Cell:
         return {
             "top1": run["pruned_top1"], "top5": None, "reduction": run["reduction"],
             "reduction_spread": run["reduction_spread"], "dropped": run["dropped"], "phases": run["phases"],
-            "wall_seconds": run["wall_seconds"], "from": f"engine.json:{key} (commit {run['commit']})",
+            "wall_seconds": run["wall_seconds"], "from": f"engine.json:{key}",
+            "date": run["date"], "machine": run["machine"], "commit": run["commit"],
         }
 
     # -- filter pruning ---------------------------------------------------------------------------
