@@ -77,3 +77,18 @@ def test_rank_agreement_counts_the_cheapest_blocks_in_common():
     opposite = rank_agreement(a, reversed_costs, k=3)
     assert opposite["spearman"] == pytest.approx(-1.0)
     assert opposite["top_k_overlap"] == 0
+
+
+def test_max_ratio_is_the_last_ratio_that_leaves_every_inner_conv_a_channel():
+    from benchmarks.side_by_side import max_ratio
+    from dfpractise.baselines.filter_pruning import prune_filters
+    from dfpractise.errors import ConfigError
+    from dfpractise.models import create_model
+
+    model = create_model("cifar10_resnet20")
+    highest = max_ratio(model, 8)
+    assert highest == pytest.approx(0.5)  # 16-channel convs keep 8 up to 0.5, then nothing
+    assert max_ratio(model, None) == pytest.approx(0.9)
+    assert prune_filters(model, None, highest, round_to=8).layer1[0].conv1.out_channels == 8
+    with pytest.raises(ConfigError, match="every channel"):
+        prune_filters(model, None, highest + 0.005, round_to=8)
