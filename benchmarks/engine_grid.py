@@ -59,8 +59,11 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"
 
 
-def load_results(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"runs": {}}
+def load_results(path: Path, empty: dict | None = None) -> dict:
+    """The results file, or ``empty`` (default: no runs) when there is none yet."""
+    if path.exists():
+        return json.loads(path.read_text())
+    return empty if empty is not None else {"runs": {}}
 
 
 def save_results(results: dict, path: Path) -> None:

@@ -77,8 +77,7 @@ def main() -> None:
             config=scoring, seed=args.seed, progress=progress,
         )
 
-    results = engine_grid.load_results(args.results)
-    results.pop("runs", None)
+    results = engine_grid.load_results(args.results, empty={})
     key = f"n{args.num_images}-s{args.seed}"
     record = results.setdefault(key, {"num_images": args.num_images, "seed": args.seed, "blocks": len(blocks)})
     stamp = lambda: {"date": dt.date.today().isoformat(), "machine": engine_grid.machine(),  # noqa: E731

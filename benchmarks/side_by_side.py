@@ -270,9 +270,7 @@ class World:
 
     def __init__(self, args) -> None:
         self.args = args
-        self.results = engine_grid.load_results(args.results)
-        self.results.setdefault("cells", {})
-        self.results.pop("runs", None)
+        self.results = engine_grid.load_results(args.results, empty={"cells": {}})
         self.engine_runs = engine_grid.load_results(args.engine_results)["runs"]
         config = resolve_config(ROOT / "recipes" / "resnet56-real500.yaml", {})
         self.teacher, _, self.teacher_sha = load_teacher(config.model, config.weights)
