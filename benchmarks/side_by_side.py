@@ -229,7 +229,8 @@ class Cell:
     # -- shared -----------------------------------------------------------------------------------
 
     def _applicable(self, recovery: str) -> bool:
-        """BP needs labels: synthetic and out-of-domain sets have none, so their BP rows do not exist."""
+        """BP needs labels. Synthetic images carry the class they were inverted for; out-of-domain images
+        have none, so their BP rows do not exist."""
         return recovery != "bp" or self.tiny.labels is not None
 
     def _recover_and_evaluate(self, student, recovery: str) -> dict:

@@ -112,7 +112,8 @@ def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
                 f"{_mean_std([r['wall_seconds'] for _, r in entries], 0)} |"
             )
     lines += ["", f"Recovery: {next(iter(cells.values()))['recovery_iterations']} iterations, batch 64. "
-              "BP rows exist only for labelled (real) tiny sets.", ""]
+              "BP rows exist only for labelled tiny sets: real images, and synthetic ones "
+              "(labelled with the class each was inverted for); out-of-domain images have no labels.", ""]
     lines += _search_table(cells)
     lines += _one_run_table(cells)
     lines += _curve_table(results.get("curve"))
