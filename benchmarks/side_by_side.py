@@ -134,6 +134,7 @@ class Cell:
         for scorer in SCORERS:
             name = row_key("block", scorer, "mir")
             if self.done(name):
+                self._fill_size(name)
                 continue
             started = time.perf_counter()
             imported = self._from_engine_grid(scorer)
@@ -162,6 +163,17 @@ class Cell:
                        cut_from=row_key("block", "recoverability", "mir"))
             self.add(name, row, started)
 
+    def _fill_size(self, name: str) -> None:
+        """Parameters and MACs of a block-drop row imported before imports carried them."""
+        row = self.rows[name]
+        if "macs" not in row and "dropped" in row:
+            row.update(self._block_size(row["dropped"]))
+            self.save()
+
+    def _block_size(self, dropped: list) -> dict:
+        pruned = drop_blocks(self.world.teacher, dropped, self.world.input_size)
+        return {"params": count_params(pruned), "macs": count_macs(pruned, self.world.input_size)}
+
     def _from_engine_grid(self, scorer: str) -> dict | None:
         """The engine grid's run of exactly this block-drop setting, if it exists."""
         if not self.tiny_set.startswith("real") or self.args.no_import:
@@ -176,6 +188,7 @@ class Cell:
             "reduction_spread": run["reduction_spread"], "dropped": run["dropped"], "phases": run["phases"],
             "wall_seconds": run["wall_seconds"], "from": f"engine.json:{key}",
             "date": run["date"], "machine": run["machine"], "commit": run["commit"],
+            **self._block_size(run["dropped"]),
         }
 
     # -- filter pruning ---------------------------------------------------------------------------
