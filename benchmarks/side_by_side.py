@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import engine_grid  # noqa: E402
+from benchmarks.side_by_side_report import DEFAULT_ITERATIONS  # noqa: E402
 from dfpractise.augment import normalize, train_augmentation  # noqa: E402
 from dfpractise.baselines.filter_pruning import (  # noqa: E402
     inner_widths,
@@ -350,7 +351,7 @@ def main() -> None:
     parser.add_argument("--tiny-sets", nargs="+", choices=sorted(TINY_SETS), default=["real50"])
     parser.add_argument("--targets", nargs="+", type=float, default=[0.4])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--recovery-iterations", type=int, default=500)
+    parser.add_argument("--recovery-iterations", type=int, default=DEFAULT_ITERATIONS)
     parser.add_argument("--round-to", type=int, nargs="+", default=[8, 0],
                         help="Torch-Pruning round_to settings tried in order until the cut matches (0: none)")
     parser.add_argument("--search-repeats", type=int, default=5, help="timing rounds per search trial")

@@ -21,6 +21,9 @@ METHODS = {
 }
 """Row key -> label, in table order."""
 
+DEFAULT_ITERATIONS = 500
+"""``side_by_side.py --recovery-iterations`` when not given."""
+
 TINY_SET_NAMES = {
     "real50": "50 real images",
     "real500": "500 real images",
@@ -50,6 +53,25 @@ def _order(key: tuple) -> tuple:
     return (list(TINY_SET_NAMES).index(tiny_set) if tiny_set in TINY_SET_NAMES else 99, target, iterations)
 
 
+def rerun_commands(cells: dict) -> list[str]:
+    """``side_by_side.py`` commands that rerun exactly the cells with results: one per tiny set and seed list."""
+    seeds: dict[tuple, set] = defaultdict(set)
+    for cell in cells.values():
+        if cell.get("rows"):
+            seeds[cell["tiny_set"], cell["recovery_iterations"], cell["target"]].add(cell["seed"])
+    targets: dict[tuple, list] = defaultdict(list)  # targets run with the same seeds share a command
+    for (tiny_set, iterations, target), cell_seeds in sorted(seeds.items()):
+        targets[tiny_set, iterations, tuple(sorted(cell_seeds))].append(target)
+    commands = []
+    for (tiny_set, iterations, cell_seeds), cell_targets in targets.items():
+        command = (f"python benchmarks/side_by_side.py --tiny-sets {tiny_set} "
+                   f"--targets {' '.join(f'{t:g}' for t in cell_targets)} --seeds {' '.join(map(str, cell_seeds))}")
+        if iterations != DEFAULT_ITERATIONS:
+            command += f" --recovery-iterations {iterations}"
+        commands.append(command)
+    return commands
+
+
 def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
     cells = results.get("cells", {})
     if not cells:
@@ -76,8 +98,8 @@ def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
         "(rounding empties the 16-channel stage-1 convs above a ratio of 0.5).",
         "",
         f"Machine: {', '.join(machines)}. Dates: {', '.join(dates)}. Commands: "
-        "`python benchmarks/side_by_side.py --tiny-sets ... --targets ... --seeds ...`, "
-        "`python benchmarks/side_by_side.py --curve`, `python benchmarks/scoring_cost.py`, then "
+        + "".join(f"`{command}`, " for command in rerun_commands(cells))
+        + "`python benchmarks/side_by_side.py --curve`, `python benchmarks/scoring_cost.py`, then "
         "`python benchmarks/write_benchmarks.py`. Raw results: `benchmarks/results/side_by_side.json`, "
         "`benchmarks/results/scoring_cost.json`.",
         "",

@@ -48,6 +48,19 @@ def test_the_table_averages_seeds_and_puts_the_teacher_first():
     assert "42.0 [40.0, 44.0]" in text  # the one-run latency check
 
 
+def test_rerun_commands_cover_exactly_the_cells_with_results():
+    cells = _results()["cells"]
+    cells["real50-t25-s1-it500"] = {**cells["real50-t40-s1-it500"], "target": 0.25}
+    cells["ood1000-t40-s1-it2000"] = {**cells["real50-t40-s1-it500"], "tiny_set": "ood1000",
+                                       "recovery_iterations": 2000}
+    cells["real500-t40-s1-it500"] = {**cells["real50-t40-s1-it500"], "tiny_set": "real500", "rows": {}}
+    assert side_by_side_report.rerun_commands(cells) == [
+        "python benchmarks/side_by_side.py --tiny-sets ood1000 --targets 0.4 --seeds 1 --recovery-iterations 2000",
+        "python benchmarks/side_by_side.py --tiny-sets real50 --targets 0.25 --seeds 1",
+        "python benchmarks/side_by_side.py --tiny-sets real50 --targets 0.4 --seeds 1 2",
+    ]
+
+
 def test_no_results_say_so_instead_of_failing():
     assert "No side-by-side runs" in "\n".join(side_by_side_report.section({}, {}, None))
     assert side_by_side_report.plot({}, None) is False
