@@ -245,11 +245,15 @@ def _per_delta_lat(agreement: dict) -> str:
     return f"{per['spearman']:.3f} ({per['top_k_overlap']}/{per['top_k']} in common)" if per else ""
 
 
-def plot(results: dict, path: Path) -> bool:
-    """Measured cut against top-1, one panel per tiny set and a series per method; False if no data."""
+def plot(results: dict, path: Path) -> list[str]:
+    """Measured cut against top-1, one panel per tiny set and a series per method.
+
+    One legend for the whole figure, since no single panel need hold every method (out-of-domain
+    sets have no BP rows). Returns the legend's labels; none, and no file, when there is no data.
+    """
     cells = results.get("cells", {})
     if not cells:
-        return False
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,8 +274,12 @@ def plot(results: dict, path: Path) -> bool:
         axis.set_xlabel("measured latency cut (%), CPU batch 64")
         axis.set_ylabel("top-1 on cifar10-jpeg/val (%)")
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    figure.tight_layout()
+    legend = {}  # label -> handle, in the order methods first appear
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 6), fontsize=8)
+    figure.tight_layout(rect=(0, 0.08 if len(legend) <= 6 else 0.12, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
-    return True
+    return list(legend)

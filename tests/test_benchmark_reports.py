@@ -63,12 +63,18 @@ def test_rerun_commands_cover_exactly_the_cells_with_results():
 
 def test_no_results_say_so_instead_of_failing():
     assert "No side-by-side runs" in "\n".join(side_by_side_report.section({}, {}, None))
-    assert side_by_side_report.plot({}, None) is False
+    assert side_by_side_report.plot({}, None) == []
 
 
 def test_the_plot_is_written(tmp_path):
     path = tmp_path / "plot.png"
-    assert side_by_side_report.plot(_results(), path)
+    results = _results()
+    results["cells"]["real50-t40-s1-it500"]["rows"]["block/recoverability/bp"] = _row(70.0, 0.42)
+    results["cells"]["ood1000-t40-s1-it500"] = {**results["cells"]["real50-t40-s2-it500"], "tiny_set": "ood1000"}
+    labels = side_by_side_report.plot(results, path)
+    # one legend for all panels: the BP series only the real-image panel has is in it
+    assert labels == ["drop blocks: PRACTISE + MiR", "drop blocks: PRACTISE + BP (labels)", "filter pruning: L1 + MiR",
+                      "teacher"]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
