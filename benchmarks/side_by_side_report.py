@@ -278,8 +278,10 @@ def plot(results: dict, path: Path) -> list[str]:
     for axis in axes[0]:
         for handle, label in zip(*axis.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 6), fontsize=8)
-    figure.tight_layout(rect=(0, 0.08 if len(legend) <= 6 else 0.12, 1, 1))
+    columns = 6
+    legend_rows = -(-len(legend) // columns)
+    figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), columns), fontsize=8)
+    figure.tight_layout(rect=(0, 0.04 * (legend_rows + 1), 1, 1))  # leave the legend its rows below the panels
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return list(legend)
