@@ -121,7 +121,7 @@ class RecoverabilityScorer(BlockScorer):
         channels_last = context.device.type == "cpu"
         requires_grad = {n: p.requires_grad for n, p in teacher.named_parameters()}
         was_training = teacher.training
-        teacher.eval().requires_grad_(False)
+        teacher.eval().requires_grad_(False).to(context.device)
         if channels_last:
             teacher.to(memory_format=torch.channels_last)
         try:
@@ -202,6 +202,7 @@ def _fit_adaptors(
     """Fit adaptors around the hole left by ``block``; return the feature MSE on the clean set."""
     student = [s for s in steps if s.index >= stage_steps(steps, block.stage)[0].index and s.name != block.name]
     adaptors, handles = _attach_adaptors(steps, block)
+    adaptors.to(stage_input.device)  # made on the CPU; the cached activations may live on a GPU
     if channels_last:
         adaptors.to(memory_format=torch.channels_last)
     try:
