@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,6 +64,27 @@ def run_config(args) -> RunConfig:
         scoring=ScoringConfig(iterations=args.scoring_iterations),
         recovery=RecoveryConfig(iterations=args.recovery_iterations),
     )
+
+
+def calibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Re-estimate BatchNorm statistics of a randomly initialised network on the tiny set.
+
+    With random weights and default statistics, activations grow block after block until feature
+    MSEs overflow and every adaptor fit stops at its first step; statistics of real inputs bring
+    each layer back to the unit scale a trained network has, so every phase does its full work.
+    """
+    cfg = model.default_cfg
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over all batches
+    model.train().to(device)
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            model(normalize(chunk.to(device), cfg.mean, cfg.std))
+    for bn in norms:
+        bn.momentum = 0.1
+    model.eval()
 
 
 def time_pipeline(config: RunConfig, teacher: torch.nn.Module, progress: Progress) -> dict:
@@ -105,7 +127,8 @@ def time_scoring(config: RunConfig, teacher, progress: Progress, record: dict, s
     record["cheap"] = {"settings": dataclasses.asdict(config.scoring), "costs": cheap,
                        "seconds": round(time.perf_counter() - started, 1)}
     save()
-    print(f"default scoring of {len(blocks)} blocks: {record['cheap']['seconds']:.1f} s", flush=True)
+    print(f"default scoring of {len(blocks)} blocks: {record['cheap']['seconds']:.1f} s; costs "
+          + ", ".join(f"{cost:.3g}" for cost in cheap.values()), flush=True)
 
     reference_scoring = dataclasses.replace(config.scoring, **{**REFERENCE, "iterations": reference_iterations})
     reference = record["reference"] = {"settings": dataclasses.asdict(reference_scoring), "costs": {},
@@ -115,7 +138,7 @@ def time_scoring(config: RunConfig, teacher, progress: Progress, record: dict, s
         reference["costs"][name] = cost
         reference["block_seconds"][name] = round(seconds, 2)
         save()
-        print(f"reference {name}: {seconds:.1f} s", flush=True)
+        print(f"reference {name}: cost {cost:.4g}, {seconds:.1f} s", flush=True)
 
     fitted = blocks if all_blocks else one_per_stage(blocks)
     started = time.perf_counter()
@@ -177,11 +200,12 @@ def main() -> None:
     config = run_config(args)
     torch.manual_seed(args.seed)
     teacher = create_model(args.model)  # random weights, seeded: only time is measured
+    calibrate_batchnorm(teacher, load_tiny_set(config, teacher).images, args.batch_size, device)
     progress = Progress(quiet=not sys.stdout.isatty())
     results = engine_grid.load_results(args.results, empty={"runs": {}})
     key = f"{args.model}-b{args.batch_size}-r{args.resolution}-t{int(round(100 * args.target))}-{device.type}"
     record = results["runs"][key] = {
-        "model": args.model, "weights": "random", "num_images": args.num_images, "target": args.target,
+        "model": args.model, "weights": "random, BatchNorm statistics from the tiny set", "num_images": args.num_images, "target": args.target,
         "batch_size": args.batch_size, "resolution": args.resolution, "seed": args.seed,
         "recovery_iterations": args.recovery_iterations, **device_info(device),
         "date": dt.date.today().isoformat(), "commit": args.commit or engine_grid.commit(),
@@ -192,7 +216,8 @@ def main() -> None:
     save()
     pipeline = record["pipeline"]
     print(f"pipeline {pipeline['wall_seconds']:.0f} s; phases {pipeline['phases']}; "
-          f"teacher {pipeline['teacher_ms']:.1f} ms, cut {100 * pipeline['reduction']:.1f}%", flush=True)
+          f"teacher {pipeline['teacher_ms']:.1f} ms, cut {100 * pipeline['reduction']:.1f}%, "
+          f"recovery loss {pipeline['recovery_final_loss']}", flush=True)
     if args.reference != "none":
         record["scoring"] = {}
         time_scoring(config, teacher, progress, record["scoring"], save, all_blocks=args.reference == "all",
