@@ -4,13 +4,15 @@ What it answers: how long each phase of ``compress`` takes on an accelerator for
 size users bring, and what the cheap recoverability scoring saves there against the reference
 protocol (1000 adaptor iterations per block at batch 64, as in ``scoring_cost.py``).
 
-The teacher has random weights (seeded): accuracy is not measured, only time, so no ImageNet
-weights are needed. The tiny set is drawn from a folder of images (``--images``, by default the
-ImageNet sample images of the asset mirror) through the ``ood`` source, as a user would pass one.
+The teacher has random weights (seeded), with BatchNorm statistics re-estimated on the tiny set:
+accuracy is not measured, only time, so no ImageNet weights are needed. The tiny set is drawn
+from a folder of images (``--images``, by default the ImageNet sample images of the asset
+mirror) through the ``ood`` source, as a user would pass one.
 
-Each finished part is written to ``--results`` at once, so a run cut short keeps what it measured;
-The reference scoring fits one block per stage by default (``--reference all`` fits every block);
-its total is then extrapolated from them, and marked so.
+Each invocation appends one measurement to ``--results``, and each finished part is written at
+once, so a run cut short keeps what it measured. The reference scoring fits every block;
+``--reference one-per-stage`` fits one block a stage, for slower devices, and extrapolates the
+total stage by stage (the record says so).
 
     python benchmarks/gpu_pipeline.py --device cuda --results benchmarks/results/gpu_pipeline.json
     python benchmarks/write_benchmarks.py
@@ -188,7 +190,7 @@ def main() -> None:
     parser.add_argument("--recovery-iterations", type=int, default=RecoveryConfig.iterations)
     parser.add_argument("--scoring-iterations", type=int, default=ScoringConfig.iterations)
     parser.add_argument("--reference-iterations", type=int, default=REFERENCE["iterations"])
-    parser.add_argument("--reference", choices=("none", "one-per-stage", "all"), default="one-per-stage",
+    parser.add_argument("--reference", choices=("none", "one-per-stage", "all"), default="all",
                         help="which blocks the 1000-iteration reference scoring fits")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--commit", help="the code version measured, where the tree travelled without git")
@@ -202,14 +204,14 @@ def main() -> None:
     teacher = create_model(args.model)  # random weights, seeded: only time is measured
     calibrate_batchnorm(teacher, load_tiny_set(config, teacher).images, args.batch_size, device)
     progress = Progress(quiet=not sys.stdout.isatty())
-    results = engine_grid.load_results(args.results, empty={"runs": {}})
-    key = f"{args.model}-b{args.batch_size}-r{args.resolution}-t{int(round(100 * args.target))}-{device.type}"
-    record = results["runs"][key] = {
+    results = engine_grid.load_results(args.results, empty={"runs": []})
+    record = {
         "model": args.model, "weights": "random, BatchNorm statistics from the tiny set", "num_images": args.num_images, "target": args.target,
         "batch_size": args.batch_size, "resolution": args.resolution, "seed": args.seed,
         "recovery_iterations": args.recovery_iterations, **device_info(device),
         "date": dt.date.today().isoformat(), "commit": args.commit or engine_grid.commit(),
     }
+    results["runs"].append(record)  # each invocation adds a measurement: repeats show the spread
     save = lambda: engine_grid.save_results(results, args.results)  # noqa: E731
     save()
     record["pipeline"] = time_pipeline(config, teacher, progress)

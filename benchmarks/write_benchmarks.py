@@ -18,6 +18,7 @@ SYNTHESIS_RESULTS = ROOT / "benchmarks" / "results" / "synthesis.json"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "default_run.json"
 SIDE_BY_SIDE_RESULTS = ROOT / "benchmarks" / "results" / "side_by_side.json"
 SCORING_RESULTS = ROOT / "benchmarks" / "results" / "scoring_cost.json"
+GPU_RESULTS = ROOT / "benchmarks" / "results" / "gpu_pipeline.json"
 SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
 SOURCE_NAMES = {
     "synthetic": "data-free: 512 BN-inversion images",
@@ -27,7 +28,7 @@ SOURCE_NAMES = {
 OUT = ROOT / "BENCHMARKS.md"
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import side_by_side_report  # noqa: E402
+from benchmarks import gpu_report, side_by_side_report  # noqa: E402
 
 SCORER_NAMES = {"recoverability": "PRACTISE (recoverability)", "random": "random blocks", "latency-only": "latency-only"}
 
@@ -207,6 +208,7 @@ def main() -> None:
     default_runs = json.loads(DEFAULT_RESULTS.read_text())["runs"] if DEFAULT_RESULTS.exists() else {}
     side_by_side = json.loads(SIDE_BY_SIDE_RESULTS.read_text()) if SIDE_BY_SIDE_RESULTS.exists() else {}
     scoring = json.loads(SCORING_RESULTS.read_text()) if SCORING_RESULTS.exists() else {}
+    gpu = json.loads(GPU_RESULTS.read_text()) if GPU_RESULTS.exists() else {}
     plotted = side_by_side_report.plot(side_by_side, SIDE_BY_SIDE_PLOT)
     plot_name = str(SIDE_BY_SIDE_PLOT.relative_to(ROOT)) if plotted else None
     notes_path = ROOT / "benchmarks" / "NOTES.md"
@@ -225,6 +227,8 @@ def main() -> None:
         *default_run_section(default_runs),
         "",
         *side_by_side_report.section(side_by_side, scoring, plot_name),
+        "",
+        *gpu_report.section(gpu),
     ]
     if notes_path.exists():
         lines += ["", notes_path.read_text().strip()]
