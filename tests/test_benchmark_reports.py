@@ -111,3 +111,21 @@ def test_max_ratio_is_the_last_ratio_that_leaves_every_inner_conv_a_channel():
     assert prune_filters(model, None, highest, round_to=8).layer1[0].conv1.out_channels == 8
     with pytest.raises(ConfigError, match="every channel"):
         prune_filters(model, None, highest + 0.005, round_to=8)
+
+
+def test_the_lead_table_compares_practise_with_the_better_filter_row_and_shows_the_skipped_ratios():
+    results = _results()
+    cell = results["cells"]["real50-t40-s1-it500"]
+    cell["rows"]["filter/taylor/mir"] = _row(82.5, 0.43, ratio=0.9)
+    cell["filter_search"]["taylor"] = {
+        "target_cut": 0.42, "ratio": 0.9, "cut": 0.43, "round_to": None, "within_tolerance": True, "seconds": 9.0,
+        "trials": [{"ratio": 0.42, "round_to": 8, "measured": True, "cut": 0.28},
+                   {"ratio": 0.42, "round_to": None, "measured": True, "cut": 0.17},
+                   {"ratio": 0.9, "round_to": None, "measured": True, "cut": 0.43}],
+    }
+    results["cells"]["real50-t40-s2-it500"]["filter_search"]["l1"]["within_tolerance"] = False
+    lines = "\n".join(side_by_side_report.section(results, {}, None)).splitlines()
+    seed1 = next(line for line in lines if line.startswith("| real50-t40-s1-it500 | 85.00"))
+    seed2 = next(line for line in lines if line.startswith("| real50-t40-s2-it500 | 86.00"))
+    assert "| taylor 82.50 (43.0), ratio 0.900 | +2.50 | 0.420–0.900 |" in seed1  # Taylor beat L1's 80.0
+    assert "| l1 81.00 (41.0), ratio 0.500 | +5.00 | no match |" in seed2
