@@ -167,7 +167,8 @@ def _lead_table(cells: dict) -> list[str]:
     lines = ["PRACTISE + MiR against the better filter-pruning + MiR row of the same cell and seed (top-1 % at "
              "the cut % its search measured). A filter search stops at its first ratio within 2 points of the "
              "target; the last column is the interval between the largest ratio it measured short of the target "
-             "and the ratio it chose, where a smaller ratio might have matched too:", "",
+             "and the ratio it chose, where a smaller ratio might have matched too (\"none measured short\": no trial "
+             "fell short of the target):", "",
              "| cell | PRACTISE + MiR | best filter pruning + MiR | lead (points) | ratios skipped below the chosen |",
              "|---|---|---|---|---|"]
     for key, cell in sorted(cells.items(), key=lambda kv: (_order((kv[1]["tiny_set"], kv[1]["target"],
@@ -195,7 +196,7 @@ def _skipped(search: dict | None) -> str:
     short = [t["ratio"] for t in search["trials"]
              if t.get("measured") and t.get("round_to") == search["round_to"] and t["cut"] < search["target_cut"]
              and t["ratio"] < search["ratio"]]
-    return f"{max(short):.3f}–{search['ratio']:.3f}" if short else ""
+    return f"{max(short):.3f}–{search['ratio']:.3f}" if short else "none measured short"
 
 
 def _search_table(cells: dict) -> list[str]:

@@ -129,3 +129,6 @@ def test_the_lead_table_compares_practise_with_the_better_filter_row_and_shows_t
     seed2 = next(line for line in lines if line.startswith("| real50-t40-s2-it500 | 86.00"))
     assert "| taylor 82.50 (43.0), ratio 0.900 | +2.50 | 0.420–0.900 |" in seed1  # Taylor beat L1's 80.0
     assert "| l1 81.00 (41.0), ratio 0.500 | +5.00 | no match |" in seed2
+    results["cells"]["real50-t40-s2-it500"]["filter_search"]["l1"]["within_tolerance"] = True
+    text = "\n".join(side_by_side_report.section(results, {}, None))
+    assert "| +5.00 | none measured short |" in text  # its trials never measured a cut below the target
