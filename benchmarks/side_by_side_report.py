@@ -53,6 +53,10 @@ def _order(key: tuple) -> tuple:
     return (list(TINY_SET_NAMES).index(tiny_set) if tiny_set in TINY_SET_NAMES else 99, target, iterations)
 
 
+def _cell_order(cell: dict) -> tuple:
+    return (*_order((cell["tiny_set"], cell["target"], cell["recovery_iterations"])), cell["seed"])
+
+
 def rerun_commands(cells: dict) -> list[str]:
     """``side_by_side.py`` commands that rerun exactly the cells with results: one per tiny set and seed list."""
     seeds: dict[tuple, set] = defaultdict(set)
@@ -171,8 +175,7 @@ def _lead_table(cells: dict) -> list[str]:
              "fell short of the target):", "",
              "| cell | PRACTISE + MiR | best filter pruning + MiR | lead (points) | ratios skipped below the chosen |",
              "|---|---|---|---|---|"]
-    for key, cell in sorted(cells.items(), key=lambda kv: (_order((kv[1]["tiny_set"], kv[1]["target"],
-                                                                   kv[1]["recovery_iterations"])), kv[1]["seed"])):
+    for key, cell in sorted(cells.items(), key=lambda item: _cell_order(item[1])):
         rows = cell["rows"]
         practise = rows.get("block/recoverability/mir")
         filters = [(imp, rows[f"filter/{imp}/mir"]) for imp in ("l1", "taylor") if f"filter/{imp}/mir" in rows]
@@ -193,6 +196,7 @@ def _skipped(search: dict | None) -> str:
         return ""
     if not search["within_tolerance"]:
         return "no match"
+    # trials of the first searches carry no round_to: those searches ran unrounded only (None)
     short = [t["ratio"] for t in search["trials"]
              if t.get("measured") and t.get("round_to") == search["round_to"] and t["cut"] < search["target_cut"]
              and t["ratio"] < search["ratio"]]
