@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,20 @@ def _assets_env():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_raises_keyboard_interrupt():
+    """Make a simulated Ctrl-C (``interrupting_progress``) land however pytest was started.
+
+    A shell without job control starts background commands (``make test &`` in a script, some CI
+    runners) with SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the SIGINT
+    a test sends is dropped and the interrupted command exits 0. A terminal never ignores Ctrl-C,
+    so the tests restore the handler a user's shell gives the tool.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def features_without(model, skip, x: torch.Tensor) -> torch.Tensor:
     """The model's features with the named steps skipped, using the model's own modules.
 
@@ -47,8 +62,6 @@ def features_without(model, skip, x: torch.Tensor) -> torch.Tensor:
 def interrupting_progress(prefix: str, step: int):
     """A quiet ``Progress`` that sends SIGINT, as Ctrl-C would, at step ``step`` of the tasks
     whose description starts with ``prefix``."""
-    import os
-    import signal
     from contextlib import contextmanager
 
     from dfpractise.progress import Progress
