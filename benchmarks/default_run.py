@@ -4,8 +4,8 @@ Runs `dfpractise run --recipe recipes/default.yaml` in a fresh run folder with a
 cache (so synthesis is really done), records the wall time of the whole command, the report's
 phases and the teacher-vs-compressed table, and saves them to benchmarks/results/default_run.json.
 
-    python benchmarks/default_run.py
-    python benchmarks/write_benchmarks.py
+    python -m benchmarks.default_run
+    python -m benchmarks.write_benchmarks
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks import engine_grid  # noqa: E402
+from benchmarks import engine_grid
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ CPU latency at batch 64, 32x32. Every run goes through ``dfpractise.compress`` w
 recipe plus the grid's overrides; results are appended to a JSON file one run at a time, so an
 interrupted grid continues where it stopped (finished runs are skipped).
 
-    python benchmarks/engine_grid.py --grid headline          # 500 images, 30%, three scorers
-    python benchmarks/engine_grid.py --grid small             # 50/100 images, 25%/40%, 3 seeds
-    python benchmarks/write_benchmarks.py                     # BENCHMARKS.md from the JSON
+    python -m benchmarks.engine_grid --grid headline          # 500 images, 30%, three scorers
+    python -m benchmarks.engine_grid --grid small             # 50/100 images, 25%/40%, 3 seeds
+    python -m benchmarks.write_benchmarks                     # BENCHMARKS.md from the JSON
 
 Block timings and scores are shared between runs that differ only in target or scorer
 (``compress(reuse=...)``): they depend on neither.
@@ -21,16 +21,15 @@ import itertools
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from dfpractise.engine import compress  # noqa: E402
-from dfpractise.progress import Progress  # noqa: E402
-from dfpractise.recipe import resolve_config  # noqa: E402
+from dfpractise.engine import compress
+from dfpractise.progress import Progress
+from dfpractise.recipe import resolve_config
+from synthesizers.files import write_text_atomic
 
 SCORERS = ("recoverability", "random", "latency-only")
 CODE_VERSION = "unknown"
@@ -67,9 +66,7 @@ def load_results(path: Path, empty: dict | None = None) -> dict:
 
 
 def save_results(results: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
 
 
 def summarise(report: dict, wall: float) -> dict:

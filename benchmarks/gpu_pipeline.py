@@ -14,8 +14,8 @@ once, so a run cut short keeps what it measured. The reference scoring fits ever
 ``--reference one-per-stage`` fits one block a stage, for slower devices, and extrapolates the
 total stage by stage (the record says so).
 
-    python benchmarks/gpu_pipeline.py --device cuda --results benchmarks/results/gpu_pipeline.json
-    python benchmarks/write_benchmarks.py
+    python -m benchmarks.gpu_pipeline --device cuda --results benchmarks/results/gpu_pipeline.json
+    python -m benchmarks.write_benchmarks
 """
 
 from __future__ import annotations
@@ -32,17 +32,16 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks import engine_grid  # noqa: E402
-from benchmarks.scoring_cost import REFERENCE, rank_agreement  # noqa: E402
-from dfpractise.augment import normalize, train_augmentation  # noqa: E402
-from dfpractise.config import DataConfig, LatencyConfig, RecoveryConfig, RunConfig, ScoringConfig  # noqa: E402
-from dfpractise.engine import compress, load_tiny_set  # noqa: E402
-from dfpractise.models import create_model  # noqa: E402
-from dfpractise.models.blocks import find_blocks  # noqa: E402
-from dfpractise.progress import Progress  # noqa: E402
-from dfpractise.recoverability import RecoverabilityScorer, ScoringContext  # noqa: E402
+from benchmarks import engine_grid
+from benchmarks.scoring_cost import REFERENCE, rank_agreement
+from dfpractise.augment import normalize, train_augmentation
+from dfpractise.config import DataConfig, LatencyConfig, RecoveryConfig, RunConfig, ScoringConfig
+from dfpractise.engine import compress, load_tiny_set
+from dfpractise.models import create_model
+from dfpractise.models.blocks import find_blocks
+from dfpractise.progress import Progress
+from dfpractise.recoverability import RecoverabilityScorer, ScoringContext
 
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_pipeline.json"
 

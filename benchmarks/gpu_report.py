@@ -25,7 +25,7 @@ def section(results: dict) -> list[str]:
         f"GPU: {', '.join(gpus)}. Measured: " + "; ".join(
             f"run {i + 1}: {run['date']}, torch {run['torch']}, CUDA {run.get('cuda')}, commit `{run['commit']}`"
             for i, run in enumerate(runs)) + ".",
-        "Command: `python benchmarks/gpu_pipeline.py --device cuda`, then `python benchmarks/write_benchmarks.py`. "
+        "Command: `python -m benchmarks.gpu_pipeline --device cuda`, then `python -m benchmarks.write_benchmarks`. "
         "Raw results: `benchmarks/results/gpu_pipeline.json`.",
         "",
         "| run | " + " | ".join(f"{p} (s)" for p in PHASES)

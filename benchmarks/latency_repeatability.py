@@ -4,7 +4,7 @@ Loads a finished run, then measures teacher vs pruned ``--times`` times in one p
 full paired, interleaved comparison of ``--repeats`` rounds), once more with a fresh, untrained
 copy of the pruned architecture beside them, and writes the cuts to JSON.
 
-    python benchmarks/latency_repeatability.py runs/bench/n100-t25-s1-latency-only-it500
+    python -m benchmarks.latency_repeatability runs/bench/n100-t25-s1-latency-only-it500
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.engine_grid import commit, machine  # noqa: E402
-from dfpractise.latency import compare_latency  # noqa: E402
-from dfpractise.models.blocks import drop_blocks  # noqa: E402
-from dfpractise.runs import load_run  # noqa: E402
+from benchmarks.engine_grid import commit, machine
+from dfpractise.latency import compare_latency
+from dfpractise.models.blocks import drop_blocks
+from dfpractise.runs import load_run
 
 
 def main() -> None:

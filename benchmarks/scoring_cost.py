@@ -11,8 +11,8 @@ Reported: wall time of each, their ratio, and Spearman's rank correlation of the
 rankings (by cost, and by cost per ΔLat when a run's block latencies are given). The reference is
 saved block by block: an interrupted run continues where it stopped.
 
-    python benchmarks/scoring_cost.py                    # 500 real images, seed 1
-    python benchmarks/write_benchmarks.py
+    python -m benchmarks.scoring_cost                    # 500 real images, seed 1
+    python -m benchmarks.write_benchmarks
 """
 
 from __future__ import annotations
@@ -28,15 +28,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks import engine_grid  # noqa: E402
-from dfpractise.augment import normalize, train_augmentation  # noqa: E402
-from dfpractise.engine import load_teacher, load_tiny_set  # noqa: E402
-from dfpractise.models.blocks import find_blocks  # noqa: E402
-from dfpractise.progress import Progress  # noqa: E402
-from dfpractise.recipe import resolve_config  # noqa: E402
-from dfpractise.recoverability import RecoverabilityScorer, ScoringContext  # noqa: E402
+from benchmarks import engine_grid
+from dfpractise.augment import normalize, train_augmentation
+from dfpractise.engine import load_teacher, load_tiny_set
+from dfpractise.models.blocks import find_blocks
+from dfpractise.progress import Progress
+from dfpractise.recipe import resolve_config
+from dfpractise.recoverability import RecoverabilityScorer, ScoringContext
 
 REFERENCE = {"iterations": 1000, "batch_size": 64, "views": 16}
 RESULTS = ROOT / "benchmarks" / "results" / "scoring_cost.json"

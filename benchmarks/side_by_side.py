@@ -16,9 +16,9 @@ Rows are appended to a JSON file one at a time; a rerun skips what is done. Bloc
 of real tiny sets are taken from the engine grid (``results/engine.json``) when it holds the same
 run (same recipe, size, target, seed and iterations), rather than recomputed.
 
-    python benchmarks/side_by_side.py --tiny-sets real50 --targets 0.4 --seeds 1 2 3
-    python benchmarks/side_by_side.py --curve          # filter pruning: measured cut per ratio
-    python benchmarks/write_benchmarks.py              # tables and plot from the JSON
+    python -m benchmarks.side_by_side --tiny-sets real50 --targets 0.4 --seeds 1 2 3
+    python -m benchmarks.side_by_side --curve          # filter pruning: measured cut per ratio
+    python -m benchmarks.write_benchmarks              # tables and plot from the JSON
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks import engine_grid  # noqa: E402
-from benchmarks.side_by_side_report import DEFAULT_ITERATIONS  # noqa: E402
-from dfpractise.augment import normalize, train_augmentation  # noqa: E402
-from dfpractise.baselines.filter_pruning import (  # noqa: E402
+from benchmarks import engine_grid
+from benchmarks.side_by_side_report import DEFAULT_ITERATIONS
+from dfpractise.augment import normalize, train_augmentation
+from dfpractise.baselines.filter_pruning import (
     inner_widths,
     kept_channels,
     latency_measure,
@@ -47,15 +46,15 @@ from dfpractise.baselines.filter_pruning import (  # noqa: E402
     prune_filters,
     pseudo_label_loss,
 )
-from dfpractise.complexity import count_macs, count_params  # noqa: E402
-from dfpractise.errors import ConfigError  # noqa: E402
-from dfpractise.engine import compress, load_teacher, load_tiny_set  # noqa: E402
-from dfpractise.evaluate import evaluate_models, load_labelled_folder  # noqa: E402
-from dfpractise.latency import compare_latency  # noqa: E402
-from dfpractise.models.blocks import drop_blocks  # noqa: E402
-from dfpractise.progress import Progress  # noqa: E402
-from dfpractise.recipe import resolve_config  # noqa: E402
-from dfpractise.recovery import recover  # noqa: E402
+from dfpractise.complexity import count_macs, count_params
+from dfpractise.errors import ConfigError
+from dfpractise.engine import compress, load_teacher, load_tiny_set
+from dfpractise.evaluate import evaluate_models, load_labelled_folder
+from dfpractise.latency import compare_latency
+from dfpractise.models.blocks import drop_blocks
+from dfpractise.progress import Progress
+from dfpractise.recipe import resolve_config
+from dfpractise.recovery import recover
 
 TINY_SETS = {
     "real50": ("resnet56-real500.yaml", 50),

@@ -7,6 +7,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from synthesizers.files import atomic_write
+
 METHODS = {
     "block/recoverability/mir": "drop blocks: PRACTISE + MiR",
     "block/recoverability/kd": "drop blocks: PRACTISE + logits KD",
@@ -68,7 +70,7 @@ def rerun_commands(cells: dict) -> list[str]:
         targets[tiny_set, iterations, tuple(sorted(cell_seeds))].append(target)
     commands = []
     for (tiny_set, iterations, cell_seeds), cell_targets in targets.items():
-        command = (f"python benchmarks/side_by_side.py --tiny-sets {tiny_set} "
+        command = (f"python -m benchmarks.side_by_side --tiny-sets {tiny_set} "
                    f"--targets {' '.join(f'{t:g}' for t in cell_targets)} --seeds {' '.join(map(str, cell_seeds))}")
         if iterations != DEFAULT_ITERATIONS:
             command += f" --recovery-iterations {iterations}"
@@ -103,8 +105,8 @@ def section(results: dict, scoring: dict, plot_name: str | None) -> list[str]:
         "",
         f"Machine: {', '.join(machines)}. Dates: {', '.join(dates)}. Commands: "
         + "".join(f"`{command}`, " for command in rerun_commands(cells))
-        + "`python benchmarks/side_by_side.py --curve`, `python benchmarks/scoring_cost.py`, then "
-        "`python benchmarks/write_benchmarks.py`. Raw results: `benchmarks/results/side_by_side.json`, "
+        + "`python -m benchmarks.side_by_side --curve`, `python -m benchmarks.scoring_cost`, then "
+        "`python -m benchmarks.write_benchmarks`. Raw results: `benchmarks/results/side_by_side.json`, "
         "`benchmarks/results/scoring_cost.json`.",
         "",
         "Block-drop rows recovered with MiR on real images come from the engine grid above when it holds the "
@@ -245,7 +247,7 @@ def _curve_table(curve: dict | None) -> list[str]:
     for point in curve["points"]:
         by_ratio[point["ratio"]][point["round_to"]] = point
     lines = [f"Measured cut of L1 filter pruning against its ratio, with and without Torch-Pruning's `round_to` "
-             f"({curve['date']}, `python benchmarks/side_by_side.py --curve`, {curve['repeats']} interleaved "
+             f"({curve['date']}, `python -m benchmarks.side_by_side --curve`, {curve['repeats']} interleaved "
              "rounds per point):", "",
              "| ratio | inner channels | cut % | inner channels (round_to 8) | cut % (round_to 8) |",
              "|---|---|---|---|---|"]
@@ -328,6 +330,6 @@ def plot(results: dict, path: Path) -> list[str]:
     legend_rows = -(-len(legend) // columns)
     figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), columns), fontsize=8)
     figure.tight_layout(rect=(0, 0.04 * (legend_rows + 1), 1, 1))  # leave the legend its rows below the panels
-    figure.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     plt.close(figure)
     return list(legend)

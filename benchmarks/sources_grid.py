@@ -8,9 +8,9 @@ having no data costs next to 500 real images:
     ood        recipes/resnet56-ood1000.yaml       1000 ImageNet sample images, labels ignored
     real       recipes/resnet56-real500.yaml       500 real CIFAR-10 training images
 
-    python benchmarks/sources_grid.py                    # all three, seed 1
-    python benchmarks/sources_grid.py --sources synthetic --seeds 1 2
-    python benchmarks/write_benchmarks.py                # BENCHMARKS.md from the JSON files
+    python -m benchmarks.sources_grid                    # all three, seed 1
+    python -m benchmarks.sources_grid --sources synthetic --seeds 1 2
+    python -m benchmarks.write_benchmarks                # BENCHMARKS.md from the JSON files
 
 Synthetic images are made in a fresh cache folder under the run folder, so the synthesis time in
 the table is a real generation, not a cache hit. Results are saved after each run; an interrupted
@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks import engine_grid  # noqa: E402
-from dfpractise.engine import compress  # noqa: E402
-from dfpractise.progress import Progress  # noqa: E402
-from dfpractise.recipe import resolve_config  # noqa: E402
+from benchmarks import engine_grid
+from dfpractise.engine import compress
+from dfpractise.progress import Progress
+from dfpractise.recipe import resolve_config
 
 RECIPES = {
     "synthetic": "resnet56-synthetic512.yaml",

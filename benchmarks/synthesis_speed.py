@@ -6,8 +6,8 @@ teacher's agreement with the intended classes and the BN-statistics distance. Fo
 measures the same distance for 512 real CIFAR-10 training images and for 512 noise images (at the
 same batch size), since the number means little on its own.
 
-    python benchmarks/synthesis_speed.py
-    python benchmarks/write_benchmarks.py
+    python -m benchmarks.synthesis_speed
+    python -m benchmarks.write_benchmarks
 
 Run it on a quiet machine: anything else using the cores slows synthesis down.
 """
@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks import engine_grid  # noqa: E402
-from dfpractise.engine import load_teacher  # noqa: E402
-from dfpractise.progress import Progress  # noqa: E402
-from dfpractise.recipe import resolve_config  # noqa: E402
-from dfpractise.sources import create_source  # noqa: E402
-from dfpractise.synthesis import synthesize_for_model  # noqa: E402
-from synthesizers import quality_report  # noqa: E402
+from benchmarks import engine_grid
+from dfpractise.engine import load_teacher
+from dfpractise.progress import Progress
+from dfpractise.recipe import resolve_config
+from dfpractise.sources import create_source
+from dfpractise.synthesis import synthesize_for_model
+from synthesizers import quality_report
 
 RECIPE = ROOT / "recipes" / "resnet56-synthetic512.yaml"
 

@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md from the JSON results of the benchmark scripts (nothing is typed by hand).
 
-    python benchmarks/write_benchmarks.py
+    python -m benchmarks.write_benchmarks
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ SOURCE_NAMES = {
     "real": "500 real CIFAR-10 training images",
 }
 OUT = ROOT / "BENCHMARKS.md"
-sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu_report, side_by_side_report  # noqa: E402
+from benchmarks import gpu_report, side_by_side_report
 
 SCORER_NAMES = {"recoverability": "PRACTISE (recoverability)", "random": "random blocks", "latency-only": "latency-only"}
 
@@ -71,8 +70,8 @@ def engine_section(runs: dict) -> list[str]:
         "IQR in brackets).",
         "",
         f"Machine: {any_run['machine']}. Dates: {', '.join(dates)}.",
-        "Command: `python benchmarks/engine_grid.py --grid headline` and `--grid small`, then "
-        "`python benchmarks/write_benchmarks.py`. Raw results: `benchmarks/results/engine.json`.",
+        "Command: `python -m benchmarks.engine_grid --grid headline` and `--grid small`, then "
+        "`python -m benchmarks.write_benchmarks`. Raw results: `benchmarks/results/engine.json`.",
         "",
         "| images | target | recovery iters | scorer | runs (seeds) | top-1 pruned | top-1 drop (points) | measured cut % | wall time (s) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -120,7 +119,7 @@ def sources_section(runs: dict, engine_runs: dict) -> list[str]:
         "(the benchmark empties its cache first) and is part of the wall time.",
         "",
         f"Machine: {any_run['machine']}. Dates: {', '.join(sorted({r['date'] for r in runs.values()}))}.",
-        "Command: `python benchmarks/sources_grid.py`, then `python benchmarks/write_benchmarks.py`. "
+        "Command: `python -m benchmarks.sources_grid`, then `python -m benchmarks.write_benchmarks`. "
         "Raw results: `benchmarks/results/sources.json`.",
         "",
         "| tiny set | top-1 pruned | top-1 change (points) | measured cut % [IQR] | synthesis (s) | teacher agrees with intended class | BN-statistics distance | wall time (s) | commit |",
@@ -155,7 +154,7 @@ def synthesis_section(runs: dict) -> list[str]:
     lines = [
         "## Synthesis speed (BN-statistics inversion, ResNet-56, 512 images at 32x32)",
         "",
-        "Command: `python benchmarks/synthesis_speed.py`, then `python benchmarks/write_benchmarks.py`. "
+        "Command: `python -m benchmarks.synthesis_speed`, then `python -m benchmarks.write_benchmarks`. "
         "Raw results: `benchmarks/results/synthesis.json`. The BN-statistics distance is the sum over the "
         "teacher's BatchNorm layers of ||batch mean - running mean|| + ||batch variance - running variance|| "
         "(unweighted), averaged over batches of the synthesis batch size; "
@@ -193,7 +192,7 @@ def default_run_section(runs: dict) -> list[str]:
         f"evaluation {p.get('evaluation', 0):.0f} s). Top-1 {run['teacher_top1']:.2f} -> {run['pruned_top1']:.2f} "
         f"({-run['drop_top1']:+.2f} points) at a measured {100 * run['reduction']:.1f}% cut; the teacher agreed "
         f"with the intended class on {100 * tiny.get('agreement', 0):.1f}% of the synthetic images. "
-        "Command: `python benchmarks/default_run.py`. What it printed:",
+        "Command: `python -m benchmarks.default_run`. What it printed:",
         "",
         "```",
         run["printed_table"].rstrip(),

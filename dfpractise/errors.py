@@ -3,7 +3,15 @@
 Anything raised as a ``DFPractiseError`` is a user mistake or an unmet condition the user can fix
 (bad path, unknown model, unreachable target). The CLI prints its message on one line and exits
 non-zero; everything else is a bug and keeps its traceback.
+
+The ``synthesizers`` package stands alone and raises its own errors of the same names;
+``synthesizer_errors`` turns them into these where this package calls it.
 """
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class DFPractiseError(Exception):
@@ -28,3 +36,16 @@ class TargetError(DFPractiseError):
 
 class SynthesisError(DFPractiseError):
     """Image synthesis cannot go on (its loss diverged, or its inputs cannot drive it)."""
+
+
+@contextmanager
+def synthesizer_errors() -> Iterator[None]:
+    """Re-raise the ``synthesizers`` package's user errors as this package's, message unchanged."""
+    from synthesizers import errors as theirs
+
+    try:
+        yield
+    except theirs.SynthesizerError as err:
+        ours = {theirs.ConfigError: ConfigError, theirs.DataError: DataError, theirs.SynthesisError: SynthesisError}
+        kind = next((ours[c] for c in type(err).__mro__ if c in ours), DFPractiseError)
+        raise kind(str(err)) from None

@@ -7,8 +7,8 @@ rich one, scripts and tests pass ``Progress(quiet=True)`` (the default) and see 
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
-from typing import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -58,6 +58,24 @@ class Progress:
         )
         with RichProgress(*columns, console=self.console, transient=False) as bar:
             yield Task(bar, bar.add_task(description, total=total, info=""))
+
+    @contextmanager
+    def steps(self, description: str) -> Iterator[Callable[..., None]]:
+        """A callback ``(done, total, **fields)`` for code that knows nothing of rich.
+
+        The ``synthesizers`` package reports its steps this way; the bar opens at the first call,
+        when the total is known, and closes with the block (no bar when no step was reported).
+        """
+        with ExitStack() as stack:
+            state: dict = {"task": None, "done": 0}
+
+            def on_step(done: int, total: int, **fields: float | str) -> None:
+                if state["task"] is None:
+                    state["task"] = stack.enter_context(self.task(description, total))
+                state["task"].advance(done - state["done"], **fields)
+                state["done"] = done
+
+            yield on_step
 
     def log(self, message: str) -> None:
         """A one-line status message (phase start, warnings) shown unless quiet."""

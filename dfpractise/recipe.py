@@ -20,7 +20,7 @@ import yaml
 from . import __version__
 from .config import RunConfig, merge
 from .errors import ConfigError
-from .files import write_text_atomic
+from synthesizers.files import write_text_atomic
 
 # What os.path.expandvars on POSIX treats as a variable reference: $NAME or ${NAME}.
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)

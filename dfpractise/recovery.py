@@ -11,7 +11,6 @@ the checkpoint to the same result as an uninterrupted run (RNG states are saved 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from synthesizers.files import atomic_write
 from torch import nn
 
 from .config import RecoveryConfig
@@ -170,9 +170,7 @@ def _save_checkpoint(path: Path, iteration, student, optimizer, scheduler, gener
         "torch_rng": torch.get_rng_state(),
         "losses": [list(x) for x in result.losses],
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_checkpoint(path: Path, student, optimizer, scheduler, generator, result) -> int:

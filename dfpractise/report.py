@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import DFPractiseError
-from .files import write_text_atomic
+from synthesizers.files import atomic_write, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -176,10 +176,8 @@ def save_sample_grid(
     scale = max(1, 64 // images.shape[-1])  # small (CIFAR-size) images are enlarged to be seen
     if scale > 1:
         chosen = torch.nn.functional.interpolate(chosen, scale_factor=scale, mode="nearest")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(chosen, nrow=per_class, padding=2, pad_value=1.0), path)
-    return path
+    grid = make_grid(chosen, nrow=per_class, padding=2, pad_value=1.0)
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
 # ---------------------------------------------------------------- numbers

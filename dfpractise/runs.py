@@ -10,13 +10,13 @@ manifest plus the weights rebuild the pruned model exactly; never a pickled modu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from synthesizers.files import atomic_write
 from torch import nn
 
 from .errors import DataError, ModelError
@@ -40,9 +40,7 @@ ARTEFACTS = (RECIPE, MANIFEST, WEIGHTS, TEACHER_WEIGHTS, FILE_LIST, TINY_SET_REP
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def make_manifest(

@@ -4,6 +4,11 @@ One interface (``Synthesizer``), one registry, and one driver (``synthesize``) t
 per-batch seeds, the PNG cache and resume to any synthesizer. Built in: ``bn-inversion``
 (DeepInversion from the teacher's BatchNorm statistics) and ``diffusion`` (any diffusers
 pipeline). ``dfpractise.sources`` wraps them as the ``synthetic`` and ``diffusion`` sources.
+
+The package stands alone: it needs torch, kornia and Pillow (diffusers for ``diffusion``), raises
+its own errors (``synthesizers.errors``), reports progress through a plain callback, and imports
+nothing from ``dfpractise``, which builds on it. The two mechanisms both packages share, the
+plug-in ``Registry`` and atomic file writes, live here for that reason.
 """
 
 from .base import (

@@ -18,8 +18,8 @@ from typing import Any, Callable, Protocol, TypeVar
 import torch
 from torch import nn
 
-from dfpractise.errors import ConfigError
-from dfpractise.registry import Registry
+from .errors import ConfigError
+from .registry import Registry
 
 
 class StepReporter(Protocol):
@@ -57,7 +57,8 @@ class Synthesizer(ABC):
 
 
 S = TypeVar("S", bound=type[Synthesizer])
-SYNTHESIZERS: Registry[Synthesizer] = Registry("synthesizer", "synthesizers")
+SYNTHESIZERS: Registry[type[Synthesizer]] = Registry("synthesizer", "synthesizers", unknown=ConfigError,
+                                                     invalid=ConfigError)
 
 
 def register_synthesizer(name: str) -> Callable[[S], S]:

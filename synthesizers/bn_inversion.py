@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from kornia.losses import total_variation
 from torch import nn
 
-from dfpractise.errors import ConfigError, SynthesisError
-
 from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
 from .bn_stats import batchnorm_layers, bn_statistics
+from .errors import ConfigError, SynthesisError
 
 
 @register_synthesizer("bn-inversion")

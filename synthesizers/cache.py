@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dfpractise.errors import DataError
-from dfpractise.files import write_text_atomic
+from .errors import DataError
+from .files import atomic_write, write_text_atomic
 
 INDEX = "index.json"
 IMAGES = "images"
@@ -79,10 +79,8 @@ class ImageCache:
         folder.mkdir(parents=True, exist_ok=True)
         pixels = to_uint8(images)
         for offset, array in enumerate(pixels):
-            path = folder / image_name(start + offset)
-            tmp = path.with_name(f".{path.name}.tmp")
-            Image.fromarray(array).save(tmp, format="PNG")
-            tmp.replace(path)
+            image = Image.fromarray(array)
+            atomic_write(folder / image_name(start + offset), lambda tmp: image.save(tmp, format="PNG"))
         self.batches[index] = {"start": start, "count": len(pixels), **stats}
         self._write_index()
 

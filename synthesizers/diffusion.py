@@ -22,9 +22,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from dfpractise.errors import ConfigError, DataError, SynthesisError
-
 from .base import BatchResult, StepReporter, Synthesizer, register_synthesizer
+from .errors import ConfigError, DataError, SynthesisError
 
 CLASS_CONDITIONAL = "class-conditional"
 TEXT_TO_IMAGE = "text-to-image"

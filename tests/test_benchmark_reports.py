@@ -55,9 +55,9 @@ def test_rerun_commands_cover_exactly_the_cells_with_results():
                                        "recovery_iterations": 2000}
     cells["real500-t40-s1-it500"] = {**cells["real50-t40-s1-it500"], "tiny_set": "real500", "rows": {}}
     assert side_by_side_report.rerun_commands(cells) == [
-        "python benchmarks/side_by_side.py --tiny-sets ood1000 --targets 0.4 --seeds 1 --recovery-iterations 2000",
-        "python benchmarks/side_by_side.py --tiny-sets real50 --targets 0.25 --seeds 1",
-        "python benchmarks/side_by_side.py --tiny-sets real50 --targets 0.4 --seeds 1 2",
+        "python -m benchmarks.side_by_side --tiny-sets ood1000 --targets 0.4 --seeds 1 --recovery-iterations 2000",
+        "python -m benchmarks.side_by_side --tiny-sets real50 --targets 0.25 --seeds 1",
+        "python -m benchmarks.side_by_side --tiny-sets real50 --targets 0.4 --seeds 1 2",
     ]
 
 

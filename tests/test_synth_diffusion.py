@@ -14,7 +14,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from dfpractise.errors import ConfigError, DataError, SynthesisError  # noqa: E402
+from synthesizers.errors import ConfigError, DataError, SynthesisError  # noqa: E402
 from synthesizers.base import create_synthesizer  # noqa: E402
 from synthesizers.diffusion import DiffusionSynthesizer, fit_to_size  # noqa: E402
 from synthesizers.generate import synthesize  # noqa: E402

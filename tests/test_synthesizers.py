@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dfpractise.errors import ConfigError, DataError, SynthesisError
+from synthesizers.errors import ConfigError, DataError, SynthesisError
 from dfpractise.report import save_sample_grid
 from synthesizers import (
     BNInversion,

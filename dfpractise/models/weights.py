@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from synthesizers.files import atomic_write
 from torch import nn
 
 from dfpractise.errors import ModelError
@@ -181,10 +182,7 @@ def _find_local(target: _Target) -> Path | None:
 
 
 def _download(target: _Target, url: str) -> Path:
-    dst = cache_dir() / "weights" / target.filename
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    part = dst.with_name(f".{dst.name}.{os.getpid()}.part")
-    try:
+    def fetch(part: Path) -> None:  # checked before it takes the file's name
         try:
             torch.hub.download_url_to_file(url, str(part), hash_prefix=None, progress=sys.stderr.isatty())
         except (OSError, ValueError, http.client.HTTPException) as exc:
@@ -199,10 +197,8 @@ def _download(target: _Target, url: str) -> Path:
                 f"downloaded weights '{target.label}' from {url} have sha256 {digest}, expected "
                 f"{target.expected_sha256}; the download was deleted, check the URL or mirror"
             )
-        os.replace(part, dst)
-    finally:
-        part.unlink(missing_ok=True)
-    return dst
+
+    return atomic_write(cache_dir() / "weights" / target.filename, fetch)
 
 
 def _not_found(target: _Target) -> ModelError:

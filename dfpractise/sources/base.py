@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
+from synthesizers.files import write_text_atomic
+from synthesizers.registry import Registry
 from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..progress import Progress
-from ..registry import Registry
 
 
 @dataclass
@@ -74,8 +75,7 @@ class TinySet:
         labels = self.labels.tolist() if self.labels is not None else [None] * len(self)
         for name, label in zip(self.files or [], labels):
             lines.append(name if label is None else f"{name}\t{label}")
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return out
+        return write_text_atomic(out, "\n".join(lines) + "\n")
 
 
 def read_file_list(path: str | Path) -> list[tuple[str, int | None]]:
@@ -125,7 +125,7 @@ class ImageSource(ABC):
 
 
 S = TypeVar("S", bound=type[ImageSource])
-SOURCES: Registry[ImageSource] = Registry("image source", "sources", unknown=DataError)
+SOURCES: Registry[type[ImageSource]] = Registry("image source", "sources", unknown=DataError, invalid=ConfigError)
 
 
 def register_source(name: str) -> Callable[[S], S]:

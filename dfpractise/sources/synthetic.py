@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, synthesizer_errors
+from ..progress import Progress
 from .base import ImageSource, SourceContext, TinySet, register_source
 from .real import check_request
 
@@ -44,17 +45,20 @@ class _SynthesizedSource(ImageSource):
         check_request(num_images, image_size)
         if context is None or context.teacher is None:
             raise ConfigError(f"the '{self.name}' source makes images for a teacher; it needs one in its context")
-        synthesizer = self.build(context)
-        num_classes = context.num_classes or int(context.teacher.default_cfg.num_classes)
-        folder = self.cache_dir or default_cache_folder(
-            set_settings(synthesizer, num_images, image_size, num_classes, seed)
-        )
-        made = synthesize(
-            synthesizer, num_images, image_size, num_classes, seed, folder,
-            progress=context.progress, rebuild=self.rebuild_cache,
-        )
-        report = quality_report(context.teacher, made.images, made.labels, context.mean, context.std,
-                                context.class_names)
+        progress = context.progress or Progress()
+        with synthesizer_errors():
+            synthesizer = self.build(context)
+            num_classes = context.num_classes or int(context.teacher.default_cfg.num_classes)
+            folder = self.cache_dir or default_cache_folder(
+                set_settings(synthesizer, num_images, image_size, num_classes, seed)
+            )
+            with progress.steps(f"Synthesising ({synthesizer.name})") as on_step:
+                made = synthesize(
+                    synthesizer, num_images, image_size, num_classes, seed, folder,
+                    on_step=on_step, log=progress.log, rebuild=self.rebuild_cache,
+                )
+            report = quality_report(context.teacher, made.images, made.labels, context.mean, context.std,
+                                    context.class_names)
         report.update(method=synthesizer.name, cache=str(made.folder), generated_batches=made.generated_batches,
                       synthesis_seconds=round(made.seconds, 2), settings=made.settings)
         files = [str(made.folder / IMAGES / image_name(i)) for i in range(len(made.images))]
