@@ -41,7 +41,7 @@ from dfpractise.engine import compress, load_tiny_set
 from dfpractise.models import create_model
 from dfpractise.models.blocks import find_blocks
 from dfpractise.progress import Progress
-from dfpractise.recoverability import RecoverabilityScorer, ScoringContext
+from dfpractise.recoverability import RecoverabilityCost, ScoringContext
 
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_pipeline.json"
 
@@ -74,7 +74,7 @@ def calibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int,
     MSEs overflow and every adaptor fit stops at its first step; statistics of real inputs bring
     each layer back to the unit scale a trained network has, so every phase does its full work.
     """
-    cfg = model.default_cfg
+    cfg = model.model_spec
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in norms:
         bn.reset_running_stats()
@@ -112,7 +112,7 @@ def time_scoring(config: RunConfig, teacher, progress: Progress, record: dict, s
                  reference_iterations: int) -> None:
     """Default scoring against the reference protocol, through the same scorer on the same images."""
     tiny = load_tiny_set(config, teacher, progress=progress)
-    cfg = teacher.default_cfg
+    cfg = teacher.model_spec
     blocks = find_blocks(teacher, cfg.input_size)
     device = torch.device(config.device)
 
@@ -124,7 +124,7 @@ def time_scoring(config: RunConfig, teacher, progress: Progress, record: dict, s
         )
 
     started = time.perf_counter()
-    cheap = RecoverabilityScorer()(context(config.scoring))
+    cheap = RecoverabilityCost()(context(config.scoring))
     record["cheap"] = {"settings": dataclasses.asdict(config.scoring), "costs": cheap,
                        "seconds": round(time.perf_counter() - started, 1)}
     save()
@@ -143,7 +143,7 @@ def time_scoring(config: RunConfig, teacher, progress: Progress, record: dict, s
 
     fitted = blocks if all_blocks else one_per_stage(blocks)
     started = time.perf_counter()
-    RecoverabilityScorer(on_block=save_block)(context(reference_scoring, only=fitted))
+    RecoverabilityCost(on_block=save_block)(context(reference_scoring, only=fitted))
     reference["cache_seconds"] = round(time.perf_counter() - started - sum(reference["block_seconds"].values()), 1)
     reference["seconds"] = round(reference["cache_seconds"] + extrapolate(reference["block_seconds"], blocks), 1)
     reference["blocks_fitted"] = len(fitted)

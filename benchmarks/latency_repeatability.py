@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run = load_run(args.run_dir)
-    size = run.teacher.default_cfg.input_size
+    size = run.teacher.model_spec.input_size
     cuts = []
     for _ in range(args.times):
         c = compare_latency({"teacher": run.teacher, "pruned": run.pruned}, 64, size, repeats=args.repeats)

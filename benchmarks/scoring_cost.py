@@ -2,7 +2,7 @@
 
 The reference protocol (PRACTISE.md section 3) fits the adaptors of each block for 1000
 iterations at batch 64. This project's default fits them for 50 iterations at batch 32 on a cache
-of 4 augmented views. Both run here through the same ``RecoverabilityScorer`` on the same teacher
+of 4 augmented views. Both run here through the same ``RecoverabilityCost`` on the same teacher
 and tiny set; the reference gets 16 cached views (closer to fresh augmentation every step) and
 its frozen-prefix activations cached too, which only makes it cheaper than a literal
 implementation, so the speed-up reported is a lower bound.
@@ -35,7 +35,7 @@ from dfpractise.engine import load_teacher, load_tiny_set
 from dfpractise.models.blocks import find_blocks
 from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
-from dfpractise.recoverability import RecoverabilityScorer, ScoringContext
+from dfpractise.recoverability import RecoverabilityCost, ScoringContext
 
 REFERENCE = {"iterations": 1000, "batch_size": 64, "views": 16}
 RESULTS = ROOT / "benchmarks" / "results" / "scoring_cost.json"
@@ -64,7 +64,7 @@ def main() -> None:
     config = resolve_config(ROOT / "recipes" / "resnet56-real500.yaml",
                             {"seed": args.seed, "data": {"num_images": args.num_images}})
     teacher, _, sha = load_teacher(config.model, config.weights)
-    cfg = teacher.default_cfg
+    cfg = teacher.model_spec
     progress = Progress(quiet=not sys.stdout.isatty())
     tiny = load_tiny_set(config, teacher, sha, progress)
     blocks = find_blocks(teacher, cfg.input_size)
@@ -84,7 +84,7 @@ def main() -> None:
 
     if "cheap" not in record:
         started = time.perf_counter()
-        costs = RecoverabilityScorer()(context(config.scoring))
+        costs = RecoverabilityCost()(context(config.scoring))
         record["cheap"] = {"settings": dataclasses.asdict(config.scoring), "costs": costs,
                            "seconds": round(time.perf_counter() - started, 1), **stamp()}
         engine_grid.save_results(results, args.results)
@@ -104,7 +104,7 @@ def main() -> None:
         print(f"reference {name}: cost {cost:.5f}, {seconds:.0f} s", flush=True)
 
     started = time.perf_counter()
-    RecoverabilityScorer(done=reference["costs"], on_block=save_block)(
+    RecoverabilityCost(done=reference["costs"], on_block=save_block)(
         context(dataclasses.replace(config.scoring, **REFERENCE)))
     if fitted_now:  # the views and activations are cached once per call: count that once
         reference["cache_seconds"] = round(time.perf_counter() - started - sum(fitted_now), 1)

@@ -288,7 +288,7 @@ class World:
         self.engine_runs = engine_grid.load_results(args.engine_results)["runs"]
         config = resolve_config(ROOT / "recipes" / "resnet56-real500.yaml", {})
         self.teacher, _, self.teacher_sha = load_teacher(config.model, config.weights)
-        cfg = self.teacher.default_cfg
+        cfg = self.teacher.model_spec
         self.cfg, self.input_size = cfg, cfg.input_size
         self.augment = train_augmentation(cfg.input_size)
         self.progress = Progress(quiet=not sys.stdout.isatty())

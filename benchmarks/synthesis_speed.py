@@ -52,7 +52,7 @@ def main() -> None:
     )
     seconds = time.perf_counter() - start
     teacher, _, _ = load_teacher(config.model, config.weights)
-    cfg = teacher.default_cfg
+    cfg = teacher.model_spec
     batch = options.get("batch_size", 256)
     real = create_source("real", root=str(Path(config.data.eval_path).parent / "train")).load(  # train, not val
         config.data.num_images, cfg.input_size, config.seed)

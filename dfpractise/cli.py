@@ -176,7 +176,7 @@ def blocks(model, weights, batch_size, resolution, repeats, threads, device, qui
     from .report import blocks_table
 
     network = create_model(model, weights=weights)
-    size = network.default_cfg.input_size
+    size = network.model_spec.input_size
     candidates = find_blocks(network, size)
     profile = profile_blocks(network, candidates, batch_size, resolution or size, repeats,
                              threads=threads, device=device, progress=_progress(quiet or as_json))
@@ -209,7 +209,7 @@ def latency(run_dir, repeats, threads, device, quiet, as_json) -> None:
 
     loaded = load_run(run_dir)
     config = loaded.config
-    resolution = config.latency.resolution or loaded.teacher.default_cfg.input_size
+    resolution = config.latency.resolution or loaded.teacher.model_spec.input_size
     comparison = compare_latency(
         {"teacher": loaded.teacher, "pruned": loaded.pruned}, config.latency.batch_size, resolution,
         repeats or 2 * config.latency.repeats, config.latency.warmup, threads or config.latency.threads,
@@ -251,7 +251,7 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
     from .runs import load_run
 
     loaded = load_run(run_dir)
-    cfg = loaded.teacher.default_cfg
+    cfg = loaded.teacher.model_spec
     scores = evaluate_models({"teacher": loaded.teacher, "pruned": loaded.pruned}, data_path, cfg.mean,
                              cfg.std, cfg.input_size, batch_size=batch_size, device=device,
                              progress=_progress(quiet or as_json))

@@ -27,7 +27,7 @@ from .errors import ConfigError, DataError, TargetError
 from .latency import BlockLatency, BlockLatencyProfile, compare_latency, profile_blocks
 from .models.blocks import Block, drop_blocks, find_blocks
 from .progress import Progress
-from .recoverability import BlockScorer, ScoringContext, create_scorer
+from .recoverability import DropCost, ScoringContext, create_drop_cost
 from .recovery import recover
 from .selection import BlockScore, next_block, select_by_count, select_by_target
 
@@ -68,7 +68,7 @@ def compress(
     *,
     teacher: nn.Module | None = None,
     source: Any = None,
-    scorer: BlockScorer | None = None,
+    scorer: DropCost | None = None,
     progress: Progress | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -96,7 +96,7 @@ def compress(
     cache = reuse if (reuse is not None and teacher is None and scorer is None and source is None) else {}
     with timer("setup"):
         teacher, weights_ref, weights_sha = _load_teacher(config, teacher)
-        cfg = teacher.default_cfg
+        cfg = teacher.model_spec
         resolution = config.latency.resolution or cfg.input_size
         blocks = find_blocks(teacher, cfg.input_size)
         if not blocks:
@@ -105,7 +105,7 @@ def compress(
             raise TargetError(
                 f"asked to drop {config.drop} blocks but {config.model} has only {len(blocks)} droppable blocks"
             )
-        scorer = scorer or create_scorer(config.scoring.scorer)
+        scorer = scorer or create_drop_cost(config.scoring.scorer)
 
     with timer("data"):
         tiny = load_tiny_set(config, teacher, weights_sha, progress, source=source)
@@ -273,10 +273,10 @@ def _load_teacher(config: RunConfig, teacher: nn.Module | None) -> tuple[nn.Modu
 
 def load_teacher(model: str, weights: str | None) -> tuple[nn.Module, str, str]:
     """(model with weights, weights reference, sha256 of the weights file); weights default per model."""
-    from .models import create_model, get_model_config
+    from .models import create_model, get_model_spec
     from .models.weights import resolve_weights, weights_sha256
 
-    ref = weights or get_model_config(model).default_weights
+    ref = weights or get_model_spec(model).default_weights
     if ref is None:
         raise ConfigError(f"no weights given for {model}; pass --weights FILE or a known weights name")
     path = resolve_weights(ref)
@@ -295,7 +295,7 @@ def load_tiny_set(config: RunConfig, teacher: nn.Module, teacher_id: str | None 
 
     source = source or source_from_config(config.data)
     context = SourceContext.for_teacher(teacher, teacher_id=teacher_id, device=config.device, progress=progress)
-    args = (config.data.num_images, teacher.default_cfg.input_size, config.seed)
+    args = (config.data.num_images, teacher.model_spec.input_size, config.seed)
     if "context" not in inspect.signature(source.load).parameters:
         return source.load(*args)  # a source written before sources had a context
     return source.load(*args, context=context)

@@ -195,7 +195,7 @@ def profile_blocks(
     progress = progress or Progress()
     ratios: dict[str, list[float]] = {}
     teacher_times: list[float] = []
-    input_size = model.default_cfg.input_size if hasattr(model, "default_cfg") else resolution
+    input_size = model.model_spec.input_size if hasattr(model, "model_spec") else resolution
     variants = [(b.name, [b.name]) for b in blocks] + [("<all>", [b.name for b in blocks])]
     with progress.task("Timing blocks", total=len(variants)) as task:
         for name, dropped in variants:

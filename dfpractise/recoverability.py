@@ -1,14 +1,17 @@
-"""Block scorers: how costly is it to drop each block (lower is better).
+"""Drop costs: how hard is each block to do without (lower is better).
 
-``RecoverabilityScorer`` is PRACTISE's measure (PRACTISE.md section 3): drop the block, put
-identity-initialised 1x1 adaptors around the hole, fit only the adaptors to mimic the teacher's
-final feature map, and report the remaining error. Made cheap by caching: the network before the
-block's stage is frozen and unchanged, so its output is computed once for a fixed set of
-augmented views of the tiny set, as are the teacher's target features. ``random`` and
-``latency-only`` exist so benchmarks can show what recoverability buys.
+Selection ranks blocks by score = cost / ΔLat (PRACTISE.md section 3); a ``DropCost`` supplies
+the cost. ``RecoverabilityCost`` is PRACTISE's measure: drop the block, put identity-initialised
+1x1 adaptors around the hole, fit only the adaptors to mimic the teacher's final feature map, and
+report the remaining error. Made cheap by caching: the network before the block's stage is frozen
+and unchanged, so its output is computed once for a fixed set of augmented views of the tiny set,
+as are the teacher's target features. ``random`` and ``latency-only`` exist so benchmarks can show
+what recoverability buys.
 
-Scorers are small classes behind one interface (``__call__(context) -> {block: cost}``), in the
-manner of Torch-Pruning's importance criteria: pass an instance of your own to plug one in.
+Drop costs are small classes behind one interface (``__call__(context) -> {block: cost}``), in
+the manner of Torch-Pruning's importance criteria: pass an instance of your own to plug one in,
+or register it under a name for recipes (``@register_drop_cost("mine")``); the setting that
+names one is ``scoring.scorer`` (``--scorer``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import random
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
+from synthesizers.registry import Registry
 from torch import nn
 
 from .config import ScoringConfig
@@ -31,7 +35,7 @@ from .progress import Progress
 
 @dataclass
 class ScoringContext:
-    """What a scorer may look at."""
+    """What a drop cost may look at."""
 
     teacher: nn.Module
     blocks: list[Block]
@@ -45,8 +49,8 @@ class ScoringContext:
     progress: Progress | None = None
 
 
-class BlockScorer(ABC):
-    """Returns the cost of dropping each candidate block; selection divides it by ΔLat."""
+class DropCost(ABC):
+    """The cost of dropping each candidate block; selection divides it by the block's ΔLat."""
 
     name: ClassVar[str] = ""
 
@@ -54,50 +58,39 @@ class BlockScorer(ABC):
     def __call__(self, context: ScoringContext) -> dict[str, float]: ...
 
 
-_SCORERS: dict[str, type[BlockScorer]] = {}
+D = TypeVar("D", bound=type[DropCost])
+DROP_COSTS: Registry[type[DropCost]] = Registry("scorer", "scorers", unknown=ConfigError, invalid=ConfigError)
 
 
-def register_scorer(cls: type[BlockScorer]) -> type[BlockScorer]:
-    _SCORERS[cls.name] = cls
-    return cls
+def register_drop_cost(name: str) -> Callable[[D], D]:
+    """Class decorator: make a drop cost available to recipes and ``--scorer`` by name."""
+    return DROP_COSTS.register(name)
 
 
-def create_scorer(name: str) -> BlockScorer:
-    if name not in _SCORERS:
-        raise ConfigError(f"unknown scorer '{name}' (known: {', '.join(list_scorers())})")
-    return _SCORERS[name]()
+def create_drop_cost(name: str) -> DropCost:
+    return DROP_COSTS.get(name)()
 
 
-def list_scorers() -> list[str]:
-    return sorted(_SCORERS)
-
-
-@register_scorer
-class RandomScorer(BlockScorer):
+@register_drop_cost("random")
+class RandomCost(DropCost):
     """A random cost per block (seeded): the baseline that knows nothing."""
-
-    name = "random"
 
     def __call__(self, context: ScoringContext) -> dict[str, float]:
         rng = random.Random(context.seed)
         return {b.name: rng.random() for b in context.blocks}
 
 
-@register_scorer
-class LatencyOnlyScorer(BlockScorer):
+@register_drop_cost("latency-only")
+class UniformCost(DropCost):
     """The same cost for every block, so the score ranks blocks by ΔLat alone."""
-
-    name = "latency-only"
 
     def __call__(self, context: ScoringContext) -> dict[str, float]:
         return {b.name: 1.0 for b in context.blocks}
 
 
-@register_scorer
-class RecoverabilityScorer(BlockScorer):
+@register_drop_cost("recoverability")
+class RecoverabilityCost(DropCost):
     """Feature error left after fitting adaptors around the dropped block (PRACTISE)."""
-
-    name = "recoverability"
 
     def __init__(
         self,
@@ -201,7 +194,7 @@ def _fit_adaptors(
 ) -> float:
     """Fit adaptors around the hole left by ``block``; return the feature MSE on the clean set."""
     student = [s for s in steps if s.index >= stage_steps(steps, block.stage)[0].index and s.name != block.name]
-    adaptors, handles = _attach_adaptors(steps, block)
+    adaptors, handles = attach_adaptors(steps, block)
     adaptors.to(stage_input.device)  # made on the CPU; the cached activations may live on a GPU
     if channels_last:
         adaptors.to(memory_format=torch.channels_last)
@@ -266,7 +259,7 @@ def identity_adaptor(channels: int) -> nn.Conv2d:
     return conv
 
 
-def _attach_adaptors(steps: list[Step], block: Block) -> tuple[nn.ModuleList, list]:
+def attach_adaptors(steps: list[Step], block: Block) -> tuple[nn.ModuleList, list]:
     """Hook adaptors around the hole (PRACTISE.md 3.2), never on a skip path.
 
     Before the hole (same stage): on the output of each block's residual branch, before its last

@@ -5,6 +5,9 @@ source works; the classifier head stays the teacher's. ``kd`` matches softened l
 plain cross-entropy on labels; ``none`` leaves the pruned network as it is. The student trains in
 train mode (BatchNorm re-estimated on the tiny set), the teacher stays in eval mode.
 
+Methods are registered (``RECOVERY_METHODS``, ``register_recovery``): a loss, its default
+learning rate, whether it needs labels and whether it trains the feature extractor only.
+
 The loop checkpoints every ``checkpoint_every`` iterations and when interrupted, and resumes from
 the checkpoint to the same result as an uninterrupted run (RNG states are saved with it).
 """
@@ -14,11 +17,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from synthesizers.files import atomic_write
+from synthesizers.registry import Registry
 from torch import nn
 
 from .config import RecoveryConfig
@@ -27,7 +31,31 @@ from .models.blocks import feature_steps
 from .progress import Progress
 from .interrupt import deferred_interrupt
 
-DEFAULT_LR = {"mir": 0.02, "kd": 0.02, "bp": 0.002}
+
+
+class RecoveryLoss(Protocol):
+    def __call__(self, student: nn.Module, teacher: nn.Module, x: torch.Tensor, target: torch.Tensor | None,
+                 config: RecoveryConfig) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RecoveryMethod:
+    """One way to recover: ``loss`` is None for a method that trains nothing (``none``)."""
+
+    loss: RecoveryLoss | None
+    default_lr: float = 0.02
+    needs_labels: bool = False
+    features_only: bool = False  # train the feature extractor only; the head stays the teacher's
+
+
+RECOVERY_METHODS: Registry[RecoveryMethod] = Registry(
+    "recovery method", "recovery methods", unknown=ConfigError, invalid=ConfigError
+)
+
+
+def register_recovery(name: str, method: RecoveryMethod) -> RecoveryMethod:
+    """Make a recovery method available to recipes and ``--recovery`` by name."""
+    return RECOVERY_METHODS.register(name, method)
 
 
 @dataclass
@@ -55,10 +83,12 @@ def recover(
 ) -> RecoveryResult:
     """Train ``student`` in place to recover the teacher's behaviour on ``images``."""
     method = config.method
-    if method == "none" or config.iterations == 0:
+    spec = RECOVERY_METHODS.get(method)
+    if spec.loss is None or config.iterations == 0:
         return RecoveryResult(method, 0, None)
-    if method == "bp" and labels is None:
-        raise ConfigError("BP recovery needs labelled images; this tiny set has no labels (use mir or kd)")
+    if spec.needs_labels and labels is None:
+        raise ConfigError(f"{method.upper()} recovery needs labelled images; this tiny set has no labels "
+                          f"(use {' or '.join(label_free_methods())})")
     device = torch.device(device)
     channels_last = device.type == "cpu"
     started = time.perf_counter()
@@ -69,8 +99,8 @@ def recover(
     teacher.requires_grad_(False)
     images = images.to(device)
     labels = labels.to(device) if labels is not None else None
-    params = _trainable(student, method)
-    lr = config.lr if config.lr is not None else DEFAULT_LR[method]
+    params = _trainable(student, spec.features_only)
+    lr = config.lr if config.lr is not None else spec.default_lr
     optimizer = torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     milestones = sorted({max(1, int(m * config.iterations)) for m in config.milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
@@ -82,7 +112,7 @@ def recover(
     if checkpoint is not None and checkpoint.exists():
         start = _load_checkpoint(checkpoint, student, optimizer, scheduler, generator, result)
         result.resumed_from = start
-    loss_fn = _LOSSES[method]
+    loss_fn = spec.loss
     window: list[float] = []
     try:
         with deferred_interrupt() as interrupted, (progress or Progress()).task(
@@ -121,9 +151,9 @@ def recover(
     return result
 
 
-def _trainable(student: nn.Module, method: str) -> list[nn.Parameter]:
+def _trainable(student: nn.Module, features_only: bool) -> list[nn.Parameter]:
     """MiR trains the feature extractor only: the head must stay the teacher's."""
-    if method == "mir":
+    if features_only:
         seen: set[int] = set()
         params = []
         for step in feature_steps(student):
@@ -157,7 +187,16 @@ def _bp_loss(student, teacher, x, target, config) -> torch.Tensor:
     return F.cross_entropy(student(x), target)
 
 
-_LOSSES = {"mir": _mir_loss, "kd": _kd_loss, "bp": _bp_loss}
+register_recovery("mir", RecoveryMethod(_mir_loss, default_lr=0.02, features_only=True))
+register_recovery("kd", RecoveryMethod(_kd_loss, default_lr=0.02))
+register_recovery("bp", RecoveryMethod(_bp_loss, default_lr=0.002, needs_labels=True))
+register_recovery("none", RecoveryMethod(None))
+
+
+def label_free_methods() -> list[str]:
+    """Names of the registered methods that train without labels (``none`` aside)."""
+    return [n for n in RECOVERY_METHODS.names()
+            if RECOVERY_METHODS.get(n).loss is not None and not RECOVERY_METHODS.get(n).needs_labels]
 
 
 def _save_checkpoint(path: Path, iteration, student, optimizer, scheduler, generator, result) -> None:

@@ -4,15 +4,19 @@ Score(b) = cost(b) / ΔLat(b) (PRACTISE.md section 3). By count, the K smallest 
 paper's one-shot mode). By target, the default picks the set with the least total cost whose
 summed ΔLat reaches the target (a small min-cost covering knapsack, solved exactly); ``greedy``
 takes blocks in score order until the target is reached. Either way the engine then measures the
-pruned network and adds the next block by score while the measured cut falls short.
+pruned network and adds the next block by score while the measured cut falls short. Methods are
+registered (``SELECTION_METHODS``): a function ``(blocks, target_percent) -> chosen blocks``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
-from .errors import TargetError
+from synthesizers.registry import Registry
+
+from .errors import ConfigError, TargetError
 
 
 @dataclass
@@ -51,18 +55,29 @@ def select_by_target(
             f"a {target_percent:.1f}% latency cut is out of reach: dropping every droppable block "
             f"saves about {reachable:.1f}% by the per-block measurements"
         )
-    if method == "greedy":
-        chosen, total = [], 0.0
-        for block in rank(blocks):
-            if total >= target_percent:
-                break
-            chosen.append(block)
-            total += block.delta_lat
-    else:
-        chosen = _min_cost_cover(blocks, target_percent)
+    chosen = SELECTION_METHODS.get(method)(blocks, target_percent)
     return [b.name for b in sorted(chosen, key=lambda b: b.step)]
 
 
+SelectionMethod = Callable[[list[BlockScore], float], list[BlockScore]]
+SELECTION_METHODS: Registry[SelectionMethod] = Registry(
+    "selection method", "selection methods", unknown=ConfigError, invalid=ConfigError
+)
+
+
+@SELECTION_METHODS.register("greedy")
+def _greedy(blocks: list[BlockScore], target_percent: float) -> list[BlockScore]:
+    """Blocks in score order until their summed ΔLat reaches the target."""
+    chosen, total = [], 0.0
+    for block in rank(blocks):
+        if total >= target_percent:
+            break
+        chosen.append(block)
+        total += block.delta_lat
+    return chosen
+
+
+@SELECTION_METHODS.register("min-recoverability")
 def _min_cost_cover(blocks: list[BlockScore], target_percent: float, resolution: float = 0.01) -> list[BlockScore]:
     """Exact 0/1 min-cost cover on ΔLat rounded to ``resolution`` percent (dynamic programming).
 

@@ -25,7 +25,7 @@ EXPECTED_CANDIDATES = {
 
 
 def _probe_size(model) -> int:
-    return 32 if model.default_cfg.input_size <= 64 else 64
+    return 32 if model.model_spec.input_size <= 64 else 64
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -43,7 +43,7 @@ def test_every_model_drops_its_blocks(name):
     with torch.no_grad():
         expected = model.forward_head(features_without(model, dropped, x))
         out = pruned(x)
-    assert out.shape == (2, model.default_cfg.num_classes)
+    assert out.shape == (2, model.model_spec.num_classes)
     torch.testing.assert_close(out, expected)
     names = {n for n, _ in pruned.named_modules()}
     assert not set(dropped) & names, "dropped blocks must be gone from the module tree"

@@ -66,7 +66,7 @@ def test_l1_half_prunes_block_interiors_only(teacher):
         assert block.conv2.in_channels == block.conv1.out_channels
     assert pruned.layer3[0].shortcut.pad == teacher.layer3[0].shortcut.pad
     assert _params(pruned) < 0.6 * _params(teacher)
-    assert pruned.default_cfg == teacher.default_cfg
+    assert pruned.model_spec == teacher.model_spec
     assert pruned.forward_features(x).shape == teacher.forward_features(x).shape
     # the teacher itself is untouched
     assert all(block.conv1.out_channels == STREAM[s] for s, _, block in _blocks(teacher))
@@ -141,7 +141,7 @@ def test_taylor_rejects_a_loss_without_gradient(teacher):
 
 def test_pruned_model_recovers_with_mir(teacher):
     pruned = prune_filters(teacher, EXAMPLE, 0.5)
-    cfg = teacher.default_cfg
+    cfg = teacher.model_spec
     images = torch.rand(8, 3, 32, 32)
     config = RecoveryConfig(method="mir", iterations=3, batch_size=4, checkpoint_every=0)
     result = recover(pruned, teacher, images, config, train_augmentation(32), Normalize(cfg.mean, cfg.std))

@@ -13,7 +13,7 @@ from dfpractise.models.blocks import find_blocks
 
 def _blocks():
     model = create_model("cifar10_resnet20")
-    return find_blocks(model, model.default_cfg.input_size)
+    return find_blocks(model, model.model_spec.input_size)
 
 
 def test_one_block_per_stage_from_the_middle():
@@ -39,7 +39,7 @@ def test_batchnorm_calibration_takes_the_statistics_of_the_tiny_set():
     torch.manual_seed(0)
     model = create_model("resnet18")
     images = torch.rand(8, 3, 64, 64)
-    cfg = model.default_cfg
+    cfg = model.model_spec
     x = (images - torch.tensor(cfg.mean).view(1, 3, 1, 1)) / torch.tensor(cfg.std).view(1, 3, 1, 1)
     calibrate_batchnorm(model, images, 4, torch.device("cpu"))
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dfpractise.errors import ModelError
-from dfpractise.models import create_model, get_model_config, list_models, register_model
+from dfpractise.models import create_model, get_model_spec, list_models, register_model
 from dfpractise.models import registry
 from dfpractise.models.cifar_resnet import BasicBlock, ZeroPadShortcut
 
@@ -58,7 +58,7 @@ def test_feature_protocol(name: str) -> None:
         composed = module(composed)
     assert torch.equal(composed, feats)
 
-    assert model.default_cfg == dataclasses.replace(get_model_config(name), num_classes=NUM_CLASSES, class_names=None)
+    assert model.model_spec == dataclasses.replace(get_model_spec(name), num_classes=NUM_CLASSES, class_names=None)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -70,16 +70,16 @@ def test_residual_containers_are_sequential(name: str) -> None:
 
 
 def test_configs() -> None:
-    cfg = get_model_config("cifar10_resnet56")
+    cfg = get_model_spec("cifar10_resnet56")
     assert (cfg.input_size, cfg.num_classes, cfg.default_weights) == (32, 10, "cifar10jpeg-resnet56")
     assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
-    assert get_model_config("cifar10_resnet20").default_weights == "cifar10jpeg-resnet20"
-    assert get_model_config("cifar10_resnet110").default_weights is None
-    tv = get_model_config("resnet34")
+    assert get_model_spec("cifar10_resnet20").default_weights == "cifar10jpeg-resnet20"
+    assert get_model_spec("cifar10_resnet110").default_weights is None
+    tv = get_model_spec("resnet34")
     assert (tv.input_size, tv.num_classes, tv.default_weights) == (224, 1000, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.num_classes = 3  # type: ignore[misc]
-    assert create_model("cifar10_resnet20").default_cfg == get_model_config("cifar10_resnet20")
+    assert create_model("cifar10_resnet20").model_spec == get_model_spec("cifar10_resnet20")
 
 
 def test_cifar_state_dict_layout() -> None:
@@ -127,7 +127,7 @@ def test_unknown_model() -> None:
     with pytest.raises(ModelError, match=r"unknown model 'resnet35'.*resnet34.*dfpractise models"):
         create_model("resnet35")
     with pytest.raises(ModelError, match="unknown model"):
-        get_model_config("nope")
+        get_model_spec("nope")
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
@@ -136,18 +136,19 @@ def test_bad_num_classes(bad: object) -> None:
         create_model("cifar10_resnet20", num_classes=bad)  # type: ignore[arg-type]
 
 
-def test_register_model_bare(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
-    monkeypatch.setattr(registry, "_CONFIGS", dict(registry._CONFIGS))
-
+def test_register_model_bare() -> None:
     @register_model
     def toy_model(num_classes: int | None = None) -> nn.Module:
         model = nn.Linear(2, num_classes or 3)
-        model.default_cfg = registry.ModelConfig("toy_model", 2, (0.0,), (1.0,), num_classes or 3)
+        model.model_spec = registry.ModelSpec("toy_model", 2, (0.0,), (1.0,), num_classes or 3)
         return model
 
     assert "toy_model" in list_models()
-    assert get_model_config("toy_model").num_classes == 3
-    assert create_model("toy_model", num_classes=5).default_cfg.num_classes == 5
-    with pytest.raises(ValueError, match="twice"):
-        register_model(toy_model)
+    assert get_model_spec("toy_model").num_classes == 3
+    assert create_model("toy_model", num_classes=5).model_spec.num_classes == 5
+    try:
+        with pytest.raises(ValueError, match="'toy_model' is already taken"):
+            register_model(toy_model)
+    finally:
+        registry.MODELS.unregister("toy_model")
+    assert "toy_model" not in list_models()

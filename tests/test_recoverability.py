@@ -8,11 +8,11 @@ from dfpractise.errors import ConfigError
 from dfpractise.models import create_model
 from dfpractise.models.blocks import feature_steps, find_blocks
 from dfpractise.recoverability import (
+    DROP_COSTS,
     ScoringContext,
-    _attach_adaptors,
-    create_scorer,
+    attach_adaptors,
+    create_drop_cost,
     identity_adaptor,
-    list_scorers,
 )
 
 from conftest import features_without
@@ -60,7 +60,7 @@ def test_adaptors_go_around_the_hole_and_never_on_skips(model_name, block, expec
     model = create_model(model_name).eval()
     steps = feature_steps(model)
     target = next(b for b in find_blocks(model, 32) if b.name == block)
-    adaptors, handles = _attach_adaptors(steps, target)
+    adaptors, handles = attach_adaptors(steps, target)
     try:
         assert len(adaptors) == expected
     finally:
@@ -74,7 +74,7 @@ def test_identity_adaptors_leave_the_student_unchanged(teacher):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         plain = features_without(teacher, [block.name], x)
-        adaptors, handles = _attach_adaptors(steps, block)
+        adaptors, handles = attach_adaptors(steps, block)
         try:
             hooked = features_without(teacher, [block.name], x)
         finally:
@@ -84,7 +84,7 @@ def test_identity_adaptors_leave_the_student_unchanged(teacher):
 
 
 def test_fitting_adaptors_lowers_the_error_and_is_deterministic(teacher, images):
-    scorer = create_scorer("recoverability")
+    scorer = create_drop_cost("recoverability")
     untrained = scorer(_context(teacher, images, iterations=0))
     trained = scorer(_context(teacher, images, iterations=30, lr=0.002))
     again = scorer(_context(teacher, images, iterations=30, lr=0.002))
@@ -95,23 +95,23 @@ def test_fitting_adaptors_lowers_the_error_and_is_deterministic(teacher, images)
 
 
 def test_a_resumed_scoring_refits_only_the_missing_blocks_and_matches_a_full_one(teacher, images):
-    from dfpractise.recoverability import RecoverabilityScorer
+    from dfpractise.recoverability import RecoverabilityCost
 
     context = _context(teacher, images, iterations=5, lr=0.002)
     seen: list[tuple[str, float, float]] = []
-    full = RecoverabilityScorer(on_block=lambda *record: seen.append(record))(context)
+    full = RecoverabilityCost(on_block=lambda *record: seen.append(record))(context)
     assert [name for name, _, _ in seen] == list(full)
     assert all(cost == full[name] and seconds > 0 for name, cost, seconds in seen)
     names = list(full)
     half = {name: full[name] for name in names[: len(names) // 2]}
     refitted: list[str] = []
-    resumed = RecoverabilityScorer(done=half, on_block=lambda name, *_: refitted.append(name))(context)
+    resumed = RecoverabilityCost(done=half, on_block=lambda name, *_: refitted.append(name))(context)
     assert refitted == names[len(names) // 2:]
     assert resumed == full and list(resumed) == names
 
 
 def test_divergence_falls_back_to_the_identity_error(teacher, images):
-    scorer = create_scorer("recoverability")
+    scorer = create_drop_cost("recoverability")
     untrained = scorer(_context(teacher, images, iterations=0))
     diverged = scorer(_context(teacher, images, iterations=30, lr=50.0))
     assert all(torch.isfinite(torch.tensor(v)) for v in diverged.values())
@@ -121,7 +121,7 @@ def test_divergence_falls_back_to_the_identity_error(teacher, images):
 def test_scoring_leaves_the_teacher_as_it_was(teacher, images):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     grads = [p.requires_grad for p in teacher.parameters()]
-    create_scorer("recoverability")(_context(teacher, images, iterations=3, views=2))
+    create_drop_cost("recoverability")(_context(teacher, images, iterations=3, views=2))
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert [p.requires_grad for p in teacher.parameters()] == grads
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in teacher.modules())
@@ -131,15 +131,15 @@ def test_scoring_leaves_the_teacher_as_it_was(teacher, images):
 def test_baseline_scorers(teacher):
     blocks = find_blocks(teacher)
     context = _context(teacher, None)
-    random_costs = create_scorer("random")(context)
-    assert random_costs == create_scorer("random")(context)
+    random_costs = create_drop_cost("random")(context)
+    assert random_costs == create_drop_cost("random")(context)
     assert len(set(random_costs.values())) == len(blocks)
-    assert set(create_scorer("latency-only")(context).values()) == {1.0}
-    assert {"random", "latency-only", "recoverability"} <= set(list_scorers())
+    assert set(create_drop_cost("latency-only")(context).values()) == {1.0}
+    assert {"random", "latency-only", "recoverability"} <= set(DROP_COSTS.names())
 
 
 def test_recoverability_needs_images_and_unknown_scorer_is_an_error(teacher):
     with pytest.raises(ConfigError):
-        create_scorer("recoverability")(_context(teacher, None))
+        create_drop_cost("recoverability")(_context(teacher, None))
     with pytest.raises(ConfigError, match="unknown scorer"):
-        create_scorer("magic")
+        create_drop_cost("magic")

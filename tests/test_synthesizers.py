@@ -156,7 +156,7 @@ def test_bn_inversion_matches_statistics_and_classes(assets_dir):
     from dfpractise.models import create_model
 
     teacher = create_model("cifar10_resnet20", weights="cifar10jpeg-resnet20").eval()
-    cfg = teacher.default_cfg
+    cfg = teacher.model_spec
     labels = torch.arange(10)
     synth = BNInversion(teacher, cfg.mean, cfg.std, steps=40, batch_size=10)
     calls = []

@@ -111,7 +111,7 @@ def prune_filters(
     multiples of it (CPU/GPU kernels like multiples of 8). ``taylor`` importance calls
     ``taylor_loss(copy)`` in eval mode and back-propagates it; the loss must have a non-zero
     gradient at the unpruned weights (see ``pseudo_label_loss``). The copy keeps the model's
-    train/eval mode, ``default_cfg`` and feature protocol.
+    train/eval mode, ``model_spec`` and feature protocol.
     """
     tp = _torch_pruning()
     _check_ratio(ratio)
@@ -215,9 +215,9 @@ def _example_inputs(model: nn.Module, example_inputs: torch.Tensor | None) -> to
     device = next(model.parameters()).device
     if example_inputs is not None:
         return example_inputs.to(device)
-    config = getattr(model, "default_cfg", None)
+    config = getattr(model, "model_spec", None)
     if config is None:
-        raise ConfigError("example_inputs is needed for a model without default_cfg")
+        raise ConfigError("example_inputs is needed for a model without model_spec")
     return torch.randn(1, 3, config.input_size, config.input_size, device=device)
 
 
@@ -290,7 +290,7 @@ def latency_measure(
 
     def measure(models: Mapping[str, nn.Module]) -> float:
         teacher = models["teacher"]
-        size = resolution or teacher.default_cfg.input_size
+        size = resolution or teacher.model_spec.input_size
         comparison = compare_latency(
             models, batch_size, size, repeats, warmup, threads, device, reference="teacher"
         )

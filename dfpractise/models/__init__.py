@@ -4,9 +4,9 @@ Importing this package registers every built-in model.
 """
 
 from dfpractise.models.registry import (
-    ModelConfig,
+    ModelSpec,
     create_model,
-    get_model_config,
+    get_model_spec,
     list_models,
     register_model,
 )
@@ -17,21 +17,23 @@ from dfpractise.models.weights import (
     list_weights,
     load_state_dict_file,
     load_weights,
+    register_weights,
     resolve_weights,
     weights_sha256,
 )
 
 __all__ = [
-    "ModelConfig",
+    "ModelSpec",
     "WeightSpec",
     "create_model",
-    "get_model_config",
+    "get_model_spec",
     "get_weight_spec",
     "list_models",
     "list_weights",
     "load_state_dict_file",
     "load_weights",
     "register_model",
+    "register_weights",
     "resolve_weights",
     "weights_sha256",
 ]

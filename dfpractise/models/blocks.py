@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
+from synthesizers.registry import Registry
 from torch import nn
 
 from ..errors import ModelError
@@ -30,23 +31,31 @@ class ResidualRule:
     else in the block.
     """
 
+    block_type: type
     is_identity: Callable[[nn.Module], bool]
     shortcut: str | None
 
 
-_RULES: dict[type, ResidualRule] = {}
+RESIDUAL_RULES: Registry[ResidualRule] = Registry(
+    "residual-block rule", "residual-block rules", unknown=ModelError, invalid=ModelError
+)
 
 
 def register_residual_block(
     block_type: type, is_identity: Callable[[nn.Module], bool], shortcut: str | None
-) -> None:
-    """Teach block discovery a residual block type (users may add their own)."""
-    _RULES[block_type] = ResidualRule(is_identity=is_identity, shortcut=shortcut)
+) -> ResidualRule:
+    """Teach block discovery a residual block type (users may add their own).
+
+    Registered under the type's qualified name (``package.module.Class``); registering another
+    rule for a type that has one is refused.
+    """
+    name = f"{block_type.__module__}.{block_type.__qualname__}"
+    return RESIDUAL_RULES.register(name, ResidualRule(block_type, is_identity, shortcut))
 
 
 def residual_rule(module: nn.Module) -> ResidualRule | None:
-    for block_type, rule in _RULES.items():
-        if isinstance(module, block_type):
+    for rule in RESIDUAL_RULES:
+        if isinstance(module, rule.block_type):
             return rule
     return None
 
@@ -140,7 +149,7 @@ def find_blocks(model: nn.Module, input_size: int | None = None, probe: bool = T
             continue
         candidates.append(Block(step.name, step.index, step.stage, position))
     if probe and candidates:
-        size = input_size or model.default_cfg.input_size
+        size = input_size or model.model_spec.input_size
         same_shape = _probe_shapes(model, steps, size)
         candidates = [b for b in candidates if same_shape[b.step]]
     return candidates

@@ -14,7 +14,7 @@ from torch import nn
 from dfpractise.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ModelConfig,
+    ModelSpec,
     register_model,
     with_num_classes,
 )
@@ -118,8 +118,8 @@ CIFAR10_CLASSES = (
 """CIFAR-10 classes in label order (sorted, as ImageFolder assigns them)."""
 
 
-def _config(depth: int, default_weights: str | None = None) -> ModelConfig:
-    return ModelConfig(
+def _config(depth: int, default_weights: str | None = None) -> ModelSpec:
+    return ModelSpec(
         name=f"cifar10_resnet{depth}",
         input_size=32,
         mean=IMAGENET_MEAN,
@@ -130,10 +130,10 @@ def _config(depth: int, default_weights: str | None = None) -> ModelConfig:
     )
 
 
-def _build(config: ModelConfig, depth: int, num_classes: int | None) -> CifarResNet:
+def _build(config: ModelSpec, depth: int, num_classes: int | None) -> CifarResNet:
     cfg = with_num_classes(config, num_classes)
     model = CifarResNet((depth - 2) // 6, num_classes=cfg.num_classes)
-    model.default_cfg = cfg
+    model.model_spec = cfg
     return model
 
 
@@ -144,26 +144,26 @@ _R56 = _config(56, "cifar10jpeg-resnet56")
 _R110 = _config(110)
 
 
-@register_model(config=_R20)
+@register_model(spec=_R20)
 def cifar10_resnet20(num_classes: int | None = None) -> CifarResNet:
     return _build(_R20, 20, num_classes)
 
 
-@register_model(config=_R32)
+@register_model(spec=_R32)
 def cifar10_resnet32(num_classes: int | None = None) -> CifarResNet:
     return _build(_R32, 32, num_classes)
 
 
-@register_model(config=_R44)
+@register_model(spec=_R44)
 def cifar10_resnet44(num_classes: int | None = None) -> CifarResNet:
     return _build(_R44, 44, num_classes)
 
 
-@register_model(config=_R56)
+@register_model(spec=_R56)
 def cifar10_resnet56(num_classes: int | None = None) -> CifarResNet:
     return _build(_R56, 56, num_classes)
 
 
-@register_model(config=_R110)
+@register_model(spec=_R110)
 def cifar10_resnet110(num_classes: int | None = None) -> CifarResNet:
     return _build(_R110, 110, num_classes)

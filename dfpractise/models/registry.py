@@ -1,18 +1,18 @@
-"""Model registry: names -> factory functions, plus the per-model preprocessing config.
+"""Model registry: names -> factory functions, plus what each model expects as input.
 
 Recipes and the CLI name models by string; the registry turns a name into a module that
 implements the feature protocol the engine relies on (``feature_layers``, ``forward_features``,
-``forward_head``) and carries a ``default_cfg`` describing its expected input.
+``forward_head``) and carries a ``model_spec`` (``ModelSpec``) describing its input and classes.
+The attribute is not called ``default_cfg``: timm models have one of that name, holding a dict.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-import re
 from dataclasses import dataclass, replace
 from typing import Callable, TypeVar, overload
 
+from synthesizers.registry import Registry
 from torch import nn
 
 from dfpractise.errors import ModelError
@@ -22,7 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelSpec:
     """What a model expects as input and what it predicts; recorded so data code needs no guessing."""
 
     name: str
@@ -38,71 +38,61 @@ class ModelConfig:
 Factory = Callable[..., nn.Module]
 F = TypeVar("F", bound=Factory)
 
-_FACTORIES: dict[str, Factory] = {}
-_CONFIGS: dict[str, ModelConfig] = {}
+
+@dataclass
+class ModelEntry:
+    """A registered architecture: its factory and, when declared up front, its spec."""
+
+    factory: Factory
+    spec: ModelSpec | None = None
+
+
+MODELS: Registry[ModelEntry] = Registry(
+    "model", "models", unknown=ModelError, invalid=ModelError, hint=" (see `dfpractise models`)"
+)
 
 
 @overload
 def register_model(fn: F) -> F: ...
 @overload
-def register_model(fn: None = None, *, config: ModelConfig | None = None) -> Callable[[F], F]: ...
+def register_model(fn: None = None, *, spec: ModelSpec | None = None) -> Callable[[F], F]: ...
 
 
-def register_model(fn: F | None = None, *, config: ModelConfig | None = None):
+def register_model(fn: F | None = None, *, spec: ModelSpec | None = None):
     """Register ``fn(num_classes=None) -> nn.Module`` under its function name.
 
-    Usable bare (``@register_model``) or with the model's config
-    (``@register_model(config=...)``); with a config, ``get_model_config`` needs no model build.
+    Usable bare (``@register_model``) or with the model's spec (``@register_model(spec=...)``);
+    with a spec, ``get_model_spec`` needs no model build. A taken name is refused.
     """
 
     def decorate(factory: F) -> F:
         name = factory.__name__
-        if name in _FACTORIES:
-            raise ValueError(f"model '{name}' is registered twice")
-        if config is not None and config.name != name:
-            raise ValueError(f"config name '{config.name}' differs from factory name '{name}'")
-        _FACTORIES[name] = factory
-        if config is not None:
-            _CONFIGS[name] = config
+        if spec is not None and spec.name != name:
+            raise ValueError(f"spec name '{spec.name}' differs from factory name '{name}'")
+        MODELS.register(name, ModelEntry(factory, spec))
         return factory
 
     return decorate(fn) if fn is not None else decorate
 
 
-def _natural_key(name: str) -> list[object]:
-    """Sort resnet20 before resnet110, as people read them."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names, naturally sorted, optionally filtered by an fnmatch pattern."""
-    names = [n for n in _FACTORIES if pattern is None or fnmatch.fnmatchcase(n, pattern)]
-    return sorted(names, key=_natural_key)
+    return [n for n in MODELS.names() if pattern is None or fnmatch.fnmatchcase(n, pattern)]
 
 
-def _unknown(name: str) -> ModelError:
-    known = list_models()
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ModelError(
-        f"unknown model '{name}';{hint} known: {', '.join(known)} (see `dfpractise models`)"
-    )
+def get_model_spec(name: str) -> ModelSpec:
+    """The registered model's default spec (its default number of classes)."""
+    entry = MODELS.get(name)
+    if entry.spec is None:
+        entry.spec = entry.factory().model_spec
+    return entry.spec
 
 
-def get_model_config(name: str) -> ModelConfig:
-    """The registered model's default config (its default number of classes)."""
-    if name not in _FACTORIES:
-        raise _unknown(name)
-    if name not in _CONFIGS:
-        _CONFIGS[name] = _FACTORIES[name]().default_cfg
-    return _CONFIGS[name]
-
-
-def with_num_classes(config: ModelConfig, num_classes: int | None) -> ModelConfig:
-    """The config of a model built with ``num_classes`` outputs (None keeps the default)."""
-    if num_classes is None or num_classes == config.num_classes:
-        return config
-    return replace(config, num_classes=num_classes, class_names=None)
+def with_num_classes(spec: ModelSpec, num_classes: int | None) -> ModelSpec:
+    """The spec of a model built with ``num_classes`` outputs (None keeps the default)."""
+    if num_classes is None or num_classes == spec.num_classes:
+        return spec
+    return replace(spec, num_classes=num_classes, class_names=None)
 
 
 def _check_num_classes(num_classes: int | None) -> None:
@@ -117,16 +107,15 @@ def create_model(name: str, weights: str | None = None, num_classes: int | None 
 
     ``weights`` is a file path, a known weights name (see ``dfpractise.models.weights``) or a
     torchvision weights enum name such as ``ResNet34_Weights.IMAGENET1K_V1``. None means random
-    initialisation (the model's ``default_cfg.default_weights`` is only a suggestion for callers).
+    initialisation (the model's ``model_spec.default_weights`` is only a suggestion for callers).
     """
-    if name not in _FACTORIES:
-        raise _unknown(name)
+    entry = MODELS.get(name)
     _check_num_classes(num_classes)
-    model = _FACTORIES[name](num_classes=num_classes)
-    if getattr(model, "default_cfg", None) is None:
-        if name not in _CONFIGS:
-            raise TypeError(f"factory '{name}' returned a model without default_cfg")
-        model.default_cfg = with_num_classes(_CONFIGS[name], num_classes)
+    model = entry.factory(num_classes=num_classes)
+    if getattr(model, "model_spec", None) is None:
+        if entry.spec is None:
+            raise TypeError(f"factory '{name}' returned a model without model_spec")
+        model.model_spec = with_num_classes(entry.spec, num_classes)
     if weights is not None:
         from dfpractise.models.weights import load_weights
 

@@ -15,7 +15,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from dfpractise.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ModelConfig,
+    ModelSpec,
     register_model,
     with_num_classes,
 )
@@ -86,8 +86,8 @@ class MobileNetV2Features(MobileNetV2):
         return self.forward_head(self.forward_features(x))
 
 
-def _config(name: str) -> ModelConfig:
-    return ModelConfig(
+def _config(name: str) -> ModelSpec:
+    return ModelSpec(
         name=name,
         input_size=224,
         mean=IMAGENET_MEAN,
@@ -99,11 +99,11 @@ def _config(name: str) -> ModelConfig:
 
 
 def _resnet(
-    config: ModelConfig, block: type[nn.Module], layers: list[int], num_classes: int | None
+    config: ModelSpec, block: type[nn.Module], layers: list[int], num_classes: int | None
 ) -> ResNet:
     cfg = with_num_classes(config, num_classes)
     model = ResNet(block, layers, num_classes=cfg.num_classes)
-    model.default_cfg = cfg
+    model.model_spec = cfg
     return model
 
 
@@ -111,34 +111,34 @@ _R18, _R34, _R50, _R101, _R152 = (_config(f"resnet{d}") for d in (18, 34, 50, 10
 _MBV2 = _config("mobilenet_v2")
 
 
-@register_model(config=_R18)
+@register_model(spec=_R18)
 def resnet18(num_classes: int | None = None) -> ResNet:
     return _resnet(_R18, BasicBlock, [2, 2, 2, 2], num_classes)
 
 
-@register_model(config=_R34)
+@register_model(spec=_R34)
 def resnet34(num_classes: int | None = None) -> ResNet:
     return _resnet(_R34, BasicBlock, [3, 4, 6, 3], num_classes)
 
 
-@register_model(config=_R50)
+@register_model(spec=_R50)
 def resnet50(num_classes: int | None = None) -> ResNet:
     return _resnet(_R50, Bottleneck, [3, 4, 6, 3], num_classes)
 
 
-@register_model(config=_R101)
+@register_model(spec=_R101)
 def resnet101(num_classes: int | None = None) -> ResNet:
     return _resnet(_R101, Bottleneck, [3, 4, 23, 3], num_classes)
 
 
-@register_model(config=_R152)
+@register_model(spec=_R152)
 def resnet152(num_classes: int | None = None) -> ResNet:
     return _resnet(_R152, Bottleneck, [3, 8, 36, 3], num_classes)
 
 
-@register_model(config=_MBV2)
+@register_model(spec=_MBV2)
 def mobilenet_v2(num_classes: int | None = None) -> MobileNetV2Features:
     cfg = with_num_classes(_MBV2, num_classes)
     model = MobileNetV2Features(num_classes=cfg.num_classes)
-    model.default_cfg = cfg
+    model.model_spec = cfg
     return model

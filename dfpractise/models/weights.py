@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from synthesizers.files import atomic_write
+from synthesizers.registry import Registry
 from torch import nn
 
 from dfpractise.errors import ModelError
@@ -42,39 +43,45 @@ class WeightSpec:
     url: str | None
 
 
-_SPECS: dict[str, WeightSpec] = {
-    s.name: s
-    for s in (
-        WeightSpec(
-            "cifar10jpeg-resnet20",
-            "cifar10_resnet20",
-            "cifar10jpeg-resnet20.pt",
-            "2da14c842824902aca2dfd58cc71b413431160d9804efbfa6fcfcdc1b57f3d96",
-            None,
-        ),
-        WeightSpec(
-            "cifar10jpeg-resnet56",
-            "cifar10_resnet56",
-            "cifar10jpeg-resnet56.pt",
-            "0f924ab196d9534c8ebdcff9759ea72bf5123f9703ea06e20a98e898dfc7d8d4",
-            None,
-        ),
-        WeightSpec(
-            "akamaster-cifar10-resnet20",
-            "cifar10_resnet20",
-            "akamaster-cifar10-resnet20-12fca82f.th",
-            "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
-            f"{_AKAMASTER_URL}/resnet20-12fca82f.th",
-        ),
-        WeightSpec(
-            "akamaster-cifar10-resnet56",
-            "cifar10_resnet56",
-            "akamaster-cifar10-resnet56-4bfd9763.th",
-            "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
-            f"{_AKAMASTER_URL}/resnet56-4bfd9763.th",
-        ),
-    )
-}
+WEIGHTS: Registry[WeightSpec] = Registry("weights", "weights", unknown=ModelError, invalid=ModelError)
+
+
+def register_weights(spec: WeightSpec) -> WeightSpec:
+    """Make a weight file known by name (offline mirror file name, sha256, download address)."""
+    return WEIGHTS.register(spec.name, spec)
+
+
+for _spec in (
+    WeightSpec(
+        "cifar10jpeg-resnet20",
+        "cifar10_resnet20",
+        "cifar10jpeg-resnet20.pt",
+        "2da14c842824902aca2dfd58cc71b413431160d9804efbfa6fcfcdc1b57f3d96",
+        None,
+    ),
+    WeightSpec(
+        "cifar10jpeg-resnet56",
+        "cifar10_resnet56",
+        "cifar10jpeg-resnet56.pt",
+        "0f924ab196d9534c8ebdcff9759ea72bf5123f9703ea06e20a98e898dfc7d8d4",
+        None,
+    ),
+    WeightSpec(
+        "akamaster-cifar10-resnet20",
+        "cifar10_resnet20",
+        "akamaster-cifar10-resnet20-12fca82f.th",
+        "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+        f"{_AKAMASTER_URL}/resnet20-12fca82f.th",
+    ),
+    WeightSpec(
+        "akamaster-cifar10-resnet56",
+        "cifar10_resnet56",
+        "akamaster-cifar10-resnet56-4bfd9763.th",
+        "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+        f"{_AKAMASTER_URL}/resnet56-4bfd9763.th",
+    ),
+):
+    register_weights(_spec)
 
 
 @dataclass(frozen=True)
@@ -90,12 +97,12 @@ class _Target:
 
 def list_weights(arch: str | None = None) -> list[str]:
     """Names of the registered weight files, optionally only those for one architecture."""
-    return sorted(n for n, s in _SPECS.items() if arch is None or s.arch == arch)
+    return [n for n in WEIGHTS.names() if arch is None or WEIGHTS.get(n).arch == arch]
 
 
 def get_weight_spec(name: str) -> WeightSpec | None:
     """The registered spec called ``name``, or None."""
-    return _SPECS.get(name)
+    return WEIGHTS.get(name) if name in WEIGHTS else None
 
 
 def assets_dir() -> Path | None:
@@ -238,8 +245,8 @@ def resolve_weights(ref: str) -> Path:
     as_path = Path(ref).expanduser()
     if as_path.is_file():
         return as_path
-    if ref in _SPECS:
-        target = _spec_target(_SPECS[ref])
+    if ref in WEIGHTS:
+        target = _spec_target(WEIGHTS.get(ref))
     elif "_Weights." in ref:
         target = _torchvision_target(ref)
     else:
@@ -292,7 +299,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _arch_name(model: nn.Module) -> str:
-    cfg = getattr(model, "default_cfg", None)
+    cfg = getattr(model, "model_spec", None)
     return getattr(cfg, "name", None) or type(model).__name__
 
 
@@ -332,7 +339,7 @@ def load_weights(model: nn.Module, ref: str) -> Path:
     arch = _arch_name(model)
     problems = _mismatch(model, sd)
     if problems:
-        spec = _SPECS.get(str(ref))
+        spec = get_weight_spec(str(ref))
         hint = (
             f"; '{ref}' is for {spec.arch}"
             if spec is not None and spec.arch != arch

@@ -104,8 +104,8 @@ class SourceContext:
 
     @classmethod
     def for_teacher(cls, teacher: nn.Module, **kwargs: Any) -> "SourceContext":
-        """A context filled from the teacher's ``default_cfg`` (input statistics, classes)."""
-        cfg = teacher.default_cfg
+        """A context filled from the teacher's ``model_spec`` (input statistics, classes)."""
+        cfg = teacher.model_spec
         return cls(teacher=teacher, mean=tuple(cfg.mean), std=tuple(cfg.std), num_classes=cfg.num_classes,
                    class_names=cfg.class_names, **kwargs)
 

@@ -48,7 +48,7 @@ class _SynthesizedSource(ImageSource):
         progress = context.progress or Progress()
         with synthesizer_errors():
             synthesizer = self.build(context)
-            num_classes = context.num_classes or int(context.teacher.default_cfg.num_classes)
+            num_classes = context.num_classes or int(context.teacher.model_spec.num_classes)
             folder = self.cache_dir or default_cache_folder(
                 set_settings(synthesizer, num_images, image_size, num_classes, seed)
             )
