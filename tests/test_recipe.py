@@ -213,3 +213,27 @@ def test_whole_numbers_are_accepted_where_floats_are_expected(tmp_path):
     recipe = write(tmp_path / "r.yaml", "scoring:\n  lr: 1\n")
     config = resolve_config(recipe, {})
     assert config.scoring.lr == 1.0 and isinstance(config.scoring.lr, float)
+
+
+def test_shipped_recipe_comments_state_the_declared_defaults():
+    """A comment saying '(default N)' beside a setting must agree with dfpractise/config.py."""
+    import re
+
+    defaults = RunConfig().to_dict()
+    checked = 0
+    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        section = None
+        for line in recipe.read_text(encoding="utf-8").splitlines():
+            setting = re.match(r"^( *)(\w+):", line)
+            if setting is None:
+                continue
+            indent, key = setting.groups()
+            if not indent:
+                section = key
+            stated = re.search(r"default:? (\d+(?:\.\d+)?)\)", line)
+            if stated is None:
+                continue
+            value = defaults[section][key] if indent else defaults[key]
+            assert float(stated.group(1)) == value, f"{recipe.name}: {line.strip()} (declared default {value})"
+            checked += 1
+    assert checked >= 3
