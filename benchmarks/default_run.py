@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from benchmarks import engine_grid
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -24,13 +24,12 @@ import platform
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from dfpractise.engine import compress
 from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
 from synthesizers.files import write_text_atomic
 
+ROOT = Path(__file__).resolve().parents[1]
 SCORERS = ("recoverability", "random", "latency-only")
 CODE_VERSION = "unknown"
 GRIDS = {

@@ -21,7 +21,6 @@ total stage by stage (the record says so).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import os
 import sys
@@ -30,8 +29,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks import engine_grid
 from benchmarks.scoring_cost import REFERENCE, rank_agreement
@@ -43,6 +40,7 @@ from dfpractise.models.blocks import find_blocks
 from dfpractise.progress import Progress
 from dfpractise.recoverability import RecoverabilityCost, ScoringContext
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_pipeline.json"
 
 
@@ -125,14 +123,14 @@ def time_scoring(config: RunConfig, teacher, progress: Progress, record: dict, s
 
     started = time.perf_counter()
     cheap = RecoverabilityCost()(context(config.scoring))
-    record["cheap"] = {"settings": dataclasses.asdict(config.scoring), "costs": cheap,
+    record["cheap"] = {"settings": config.scoring.model_dump(), "costs": cheap,
                        "seconds": round(time.perf_counter() - started, 1)}
     save()
     print(f"default scoring of {len(blocks)} blocks: {record['cheap']['seconds']:.1f} s; costs "
           + ", ".join(f"{cost:.3g}" for cost in cheap.values()), flush=True)
 
-    reference_scoring = dataclasses.replace(config.scoring, **{**REFERENCE, "iterations": reference_iterations})
-    reference = record["reference"] = {"settings": dataclasses.asdict(reference_scoring), "costs": {},
+    reference_scoring = config.scoring.replace(**{**REFERENCE, "iterations": reference_iterations})
+    reference = record["reference"] = {"settings": reference_scoring.model_dump(), "costs": {},
                                        "block_seconds": {}}
 
     def save_block(name: str, cost: float, seconds: float) -> None:

@@ -14,12 +14,13 @@ import datetime as dt
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from benchmarks.engine_grid import commit, machine
-from dfpractise.latency import compare_latency
+from dfpractise.latency import Timing, compare_latency
 from dfpractise.models.blocks import drop_blocks
 from dfpractise.runs import load_run
+from synthesizers.files import write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -32,13 +33,13 @@ def main() -> None:
 
     run = load_run(args.run_dir)
     size = run.teacher.model_spec.input_size
+    timing = Timing(batch_size=64, resolution=size, repeats=args.repeats)
     cuts = []
     for _ in range(args.times):
-        c = compare_latency({"teacher": run.teacher, "pruned": run.pruned}, 64, size, repeats=args.repeats)
+        c = compare_latency({"teacher": run.teacher, "pruned": run.pruned}, timing)
         cuts.append(c.reduction("pruned", "teacher")[0])
     fresh = drop_blocks(run.teacher, run.manifest["dropped"])
-    c = compare_latency({"teacher": run.teacher, "untrained": fresh, "pruned": run.pruned}, 64, size,
-                        repeats=args.repeats)
+    c = compare_latency({"teacher": run.teacher, "untrained": fresh, "pruned": run.pruned}, timing)
     result = {
         "run": args.run_dir.name,
         "dropped": run.manifest["dropped"],
@@ -52,7 +53,7 @@ def main() -> None:
         "machine": machine(),
         "commit": commit(),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -18,7 +18,6 @@ saved block by block: an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import sys
@@ -26,8 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks import engine_grid
 from dfpractise.augment import normalize, train_augmentation
@@ -37,6 +34,7 @@ from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
 from dfpractise.recoverability import RecoverabilityCost, ScoringContext
 
+ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = {"iterations": 1000, "batch_size": 64, "views": 16}
 RESULTS = ROOT / "benchmarks" / "results" / "scoring_cost.json"
 
@@ -85,13 +83,13 @@ def main() -> None:
     if "cheap" not in record:
         started = time.perf_counter()
         costs = RecoverabilityCost()(context(config.scoring))
-        record["cheap"] = {"settings": dataclasses.asdict(config.scoring), "costs": costs,
+        record["cheap"] = {"settings": config.scoring.model_dump(), "costs": costs,
                            "seconds": round(time.perf_counter() - started, 1), **stamp()}
         engine_grid.save_results(results, args.results)
     print(f"default scoring: {record['cheap']['seconds']:.0f} s", flush=True)
 
     reference = record.setdefault("reference", {"settings": {}, "costs": {}, "block_seconds": {}})
-    reference["settings"] = dataclasses.asdict(dataclasses.replace(config.scoring, **REFERENCE))
+    reference["settings"] = config.scoring.replace(**REFERENCE).model_dump()
     reference.update(stamp())
 
     fitted_now: list[float] = []
@@ -105,7 +103,7 @@ def main() -> None:
 
     started = time.perf_counter()
     RecoverabilityCost(done=reference["costs"], on_block=save_block)(
-        context(dataclasses.replace(config.scoring, **REFERENCE)))
+        context(config.scoring.replace(**REFERENCE)))
     if fitted_now:  # the views and activations are cached once per call: count that once
         reference["cache_seconds"] = round(time.perf_counter() - started - sum(fitted_now), 1)
     reference["seconds"] = round(reference.get("cache_seconds", 0.0) + sum(reference["block_seconds"].values()), 1)

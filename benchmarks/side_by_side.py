@@ -24,7 +24,6 @@ run (same recipe, size, target, seed and iterations), rather than recomputed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import itertools
 import sys
@@ -32,8 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks import engine_grid
 from benchmarks.side_by_side_report import DEFAULT_ITERATIONS
@@ -50,12 +47,13 @@ from dfpractise.complexity import count_macs, count_params
 from dfpractise.errors import ConfigError
 from dfpractise.engine import compress, load_teacher, load_tiny_set
 from dfpractise.evaluate import evaluate_models, load_labelled_folder
-from dfpractise.latency import compare_latency
+from dfpractise.latency import Timing, compare_latency
 from dfpractise.models.blocks import drop_blocks
 from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
 from dfpractise.recovery import recover
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_SETS = {
     "real50": ("resnet56-real500.yaml", 50),
     "real500": ("resnet56-real500.yaml", 500),
@@ -141,7 +139,7 @@ class Cell:
             if imported is not None:
                 self.add(name, imported, started)
                 continue
-            config = dataclasses.replace(self.config, scoring=dataclasses.replace(self.config.scoring, scorer=scorer))
+            config = self.config.replace(scoring=self.config.scoring.replace(scorer=scorer))
             result = compress(config, self.args.runs_dir / self.key / f"block-{scorer}", progress=self.world.quiet,
                               overwrite=True, reuse=self.world.reuse)
             report = result.report
@@ -218,7 +216,8 @@ class Cell:
             highest = max_ratio(self.world.teacher, round_to)
             ratio, pruned, cut, trials = match_latency(
                 self.world.teacher, target_cut, lambda r, rt=round_to: self._prune(importance, r, rt),
-                measure=latency_measure(batch_size=self.config.latency.batch_size, repeats=self.args.search_repeats),
+                measure=latency_measure(Timing(batch_size=self.config.latency.batch_size,
+                                               resolution=self.world.input_size, repeats=self.args.search_repeats)),
                 tolerance=TOLERANCE, bounds=(0.05, highest), progress=self.world.progress,
             )
             attempts.append({"round_to": round_to, "ratio": ratio, "cut": cut, "trials": trials,
@@ -247,7 +246,7 @@ class Cell:
         return recovery != "bp" or self.tiny.labels is not None
 
     def _recover_and_evaluate(self, student, recovery: str) -> dict:
-        config = dataclasses.replace(self.config.recovery, method=recovery)
+        config = self.config.recovery.replace(method=recovery)
         result = recover(student, self.world.teacher, self.tiny.images, config, self.world.augment,
                          self.world.norm, labels=self.tiny.labels, seed=self.seed, progress=self.world.progress)
         accuracy = self.world.evaluate(student)
@@ -266,8 +265,9 @@ class Cell:
                   "block": drop_blocks(self.world.teacher, practise["dropped"], self.world.input_size)}
         for importance, search in self.record["filter_search"].items():
             models[f"filter-{importance}"] = self._prune(importance, search["ratio"], search["round_to"])
-        comparison = compare_latency(models, self.config.latency.batch_size, self.world.input_size,
-                                     repeats=2 * self.config.latency.repeats, progress=self.world.progress,
+        timing = Timing(batch_size=self.config.latency.batch_size, resolution=self.world.input_size,
+                        repeats=2 * self.config.latency.repeats)
+        comparison = compare_latency(models, timing, progress=self.world.progress,
                                      description="Timing the cell's networks")
         self.record["latency_check"] = {
             "ms": {name: round(comparison.median_ms(name), 3) for name in models},
@@ -326,7 +326,7 @@ def ratio_curve(world: World, args) -> None:
     proportion to the channels removed.
     """
     curve = world.results.setdefault("curve", {"points": []})
-    measure = latency_measure(batch_size=64, repeats=args.search_repeats)
+    measure = latency_measure(Timing(batch_size=64, resolution=world.input_size, repeats=args.search_repeats))
     done = {(p["ratio"], p["round_to"]) for p in curve["points"]}
     for round_to, ratio in itertools.product((None, 8), [round(0.1 * i, 1) for i in range(1, 9)]):
         if (ratio, round_to) in done:

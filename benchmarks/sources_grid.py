@@ -24,13 +24,12 @@ import shutil
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from benchmarks import engine_grid
 from dfpractise.engine import compress
 from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
 
+ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
     "synthetic": "resnet56-synthetic512.yaml",
     "ood": "resnet56-ood1000.yaml",

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from benchmarks import engine_grid
 from dfpractise.engine import load_teacher
 from dfpractise.progress import Progress
@@ -31,6 +29,7 @@ from dfpractise.sources import create_source
 from dfpractise.synthesis import synthesize_for_model
 from synthesizers import quality_report
 
+ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "resnet56-synthetic512.yaml"
 
 

@@ -11,6 +11,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks import gpu_report, side_by_side_report
+from synthesizers.files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "engine.json"
 SOURCES_RESULTS = ROOT / "benchmarks" / "results" / "sources.json"
@@ -26,8 +29,6 @@ SOURCE_NAMES = {
     "real": "500 real CIFAR-10 training images",
 }
 OUT = ROOT / "BENCHMARKS.md"
-
-from benchmarks import gpu_report, side_by_side_report
 
 SCORER_NAMES = {"recoverability": "PRACTISE (recoverability)", "random": "random blocks", "latency-only": "latency-only"}
 
@@ -231,7 +232,7 @@ def main() -> None:
     ]
     if notes_path.exists():
         lines += ["", notes_path.read_text().strip()]
-    OUT.write_text("\n".join(lines) + "\n")
+    write_text_atomic(OUT, "\n".join(lines) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)
 
 

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import click
 from rich.console import Console
 
-from .errors import DFPractiseError
+from .config import RegistryRef, setting
+from .errors import ConfigError, DFPractiseError
+from .sources import SOURCES
+from .synthesis import synthesis_sources
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+SEP = "__"  # a setting's dotted path as a Python parameter name: data.num_images -> data__num_images
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _console() -> Console:
@@ -48,11 +54,24 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
-    """KEY=VALUE pairs to a dict; values are read as YAML scalars (2, 0.1, true, [1, 2], text)."""
+def _parse_value(text: str) -> Any:
+    """A value typed on the command line, read as YAML (2, 0.1, true, [1, 2], text).
+
+    YAML 1.1 reads ``1e-3`` as a string (its floats need a dot); a number is a number here.
+    """
     import yaml
 
-    from .errors import ConfigError
+    if not text.strip():
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs to a dict, values as ``_parse_value`` reads them."""
+    import yaml
 
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -60,10 +79,58 @@ def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
-            options[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
+            options[key.strip().replace("-", "_")] = _parse_value(value)
         except yaml.YAMLError:
             raise ConfigError(f"{flag} {pair!r}: the value is not a number, word or list") from None
     return options
+
+
+def setting_option(*flags: str, path: str, declared_default: bool = False, **kwargs: Any) -> Callable:
+    """An option that sets the run setting at ``path`` (``dfpractise.config``).
+
+    Its help, type and choices (for settings naming a registered plug-in) come from the setting's
+    declaration. Not given, it stays ``None`` and leaves the recipe's value, unless
+    ``declared_default`` asks for the declared default (commands without a recipe).
+    """
+    section, name = setting(path)
+    field = section.model_fields[name]
+    kinds = [a for a in get_args(field.annotation) if a is not type(None)] or [field.annotation]
+    ref = next((m for m in field.metadata if isinstance(m, RegistryRef)), None)
+    kwargs.setdefault("help", field.description)
+    if declared_default:
+        kwargs.update(default=field.get_default(call_default_factory=True), show_default=True)
+    else:
+        kwargs.setdefault("default", None)
+    if ref is not None:
+        kwargs.setdefault("type", click.Choice(ref.get().names()))
+    elif kinds[0] is bool and "/" not in flags[0]:
+        kwargs.setdefault("is_flag", True)
+    elif kinds[0] in (int, float):
+        kwargs.setdefault("type", kinds[0])
+    return click.option(*flags, path.replace(".", SEP), **kwargs)
+
+
+def settings_from_options(options: dict[str, Any], pairs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The overrides of the ``setting_option`` options given, then of ``--set KEY=VALUE`` pairs.
+
+    A nested dict in the shape of a recipe; both target forms given is left for validation to
+    refuse, not settled here.
+    """
+    given = {key.replace(SEP, "."): value for key, value in options.items() if value is not None}
+    for key, value in _parse_options(pairs, "--set").items():
+        try:
+            setting(key)
+        except ConfigError as err:
+            raise ConfigError(f"--set {key}: {err}") from None
+        given[key] = value
+    tree: dict[str, Any] = {}
+    for key, value in given.items():
+        *parents, name = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return tree
 
 
 def _progress(quiet: bool):
@@ -80,33 +147,32 @@ def main() -> None:
 
 @main.command()
 @click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe; options below override it.")
-@click.option("--model", help="Architecture name (see `dfpractise models`).")
-@click.option("--weights", help="Weights file or known weights name.")
-@click.option("--source", help="Tiny-set source: real, ood (unlabelled folder), synthetic (BN inversion, "
-              "no data), diffusion (--data is the pipeline).")
-@click.option("--data", "data_path", help="Tiny-set images: ImageFolder layout for real, any folder for ood, "
-              "a diffusers pipeline for diffusion.")
-@click.option("--num-images", type=int, help="Images in the tiny set.")
-@click.option("--class-balanced/--no-class-balanced", default=None, help="Draw equally per class.")
+@setting_option("--model", path="model")
+@setting_option("--weights", path="weights")
+@setting_option("--source", path="data.source", type=click.Choice(SOURCES.names()))
+@setting_option("--data", path="data.path")
+@setting_option("--num-images", path="data.num_images")
+@setting_option("--class-balanced/--no-class-balanced", path="data.class_balanced")
 @click.option("--synthesis-option", "synthesis_options", multiple=True, metavar="KEY=VALUE",
               help="Synthesizer setting for synthetic/diffusion sources, e.g. steps=200 (repeatable).")
-@click.option("--cache-dir", help="Folder of the synthetic images (default: one per settings in the cache).")
-@click.option("--rebuild-cache", is_flag=True, default=None,
-              help="Replace a synthetic cache made with other settings instead of refusing it.")
-@click.option("--eval-data", help="Labelled folder to measure top-1/top-5 on after compression.")
-@click.option("--latency-reduction", type=float, help="Target cut of measured latency, e.g. 0.3.")
-@click.option("--drop", type=int, help="Drop this many blocks instead of a latency target.")
-@click.option("--scorer", help="Block scorer: recoverability, random, latency-only.")
-@click.option("--selection", type=click.Choice(["min-recoverability", "greedy"]), default=None)
-@click.option("--recovery", "recovery_method", type=click.Choice(["mir", "bp", "kd", "none"]), default=None)
-@click.option("--recovery-iterations", type=int)
-@click.option("--score-iterations", type=int)
-@click.option("--batch-size", "latency_batch", type=int, help="Batch size for latency measurements.")
-@click.option("--resolution", type=int, help="Input size for latency measurements (default: the model's).")
-@click.option("--latency-repeats", type=int)
-@click.option("--threads", type=int, help="CPU threads for latency measurements.")
-@click.option("--device", help="cpu, cuda, cuda:1 ...")
-@click.option("--seed", type=int)
+@setting_option("--cache-dir", path="data.cache_dir")
+@setting_option("--rebuild-cache", path="data.rebuild_cache")
+@setting_option("--eval-data", path="data.eval_path")
+@setting_option("--latency-reduction", path="latency_reduction")
+@setting_option("--drop", path="drop")
+@setting_option("--scorer", path="scoring.scorer")
+@setting_option("--selection", path="selection")
+@setting_option("--recovery", path="recovery.method")
+@setting_option("--recovery-iterations", path="recovery.iterations")
+@setting_option("--score-iterations", path="scoring.iterations")
+@setting_option("--batch-size", path="latency.batch_size")
+@setting_option("--resolution", path="latency.resolution")
+@setting_option("--latency-repeats", path="latency.repeats")
+@setting_option("--threads", path="latency.threads")
+@setting_option("--device", path="device")
+@setting_option("--seed", path="seed")
+@click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Any setting by its recipe key, e.g. recovery.lr=0.01 or data.synthesis.steps=50 (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to write.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out where it stopped (a finished run is only reported).")
@@ -114,38 +180,20 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @handle_errors
-def run(recipe, model, weights, source, data_path, num_images, class_balanced, synthesis_options, cache_dir,
-        rebuild_cache, eval_data,
-        latency_reduction, drop, scorer, selection, recovery_method, recovery_iterations,
-        score_iterations, latency_batch, resolution, latency_repeats, threads, device, seed, out_dir,
-        resume, overwrite, quiet, as_json) -> None:
+def run(recipe, synthesis_options, set_pairs, out_dir, resume, overwrite, quiet, as_json, **settings) -> None:
     """Compress a model: time blocks, score them, drop the best, recover, evaluate, save."""
     from .engine import compress
-    from .errors import ConfigError
-    from .recipe import resolve_config
+    from .recipe import overlay, resolve_config
     from .report import print_report
 
     if resume and not out_dir:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
     if resume and recipe is None and (Path(out_dir) / "recipe.yaml").exists():
         recipe = str(Path(out_dir) / "recipe.yaml")
-    overrides = {
-        "model": model,
-        "weights": weights,
-        "latency_reduction": latency_reduction,
-        "drop": drop,
-        "selection": selection,
-        "seed": seed,
-        "device": device,
-        "data": {"source": source, "path": data_path, "num_images": num_images,
-                 "class_balanced": class_balanced, "eval_path": eval_data,
-                 "synthesis": _parse_options(synthesis_options, "--synthesis-option") or None,
-                 "cache_dir": cache_dir, "rebuild_cache": rebuild_cache},
-        "latency": {"batch_size": latency_batch, "resolution": resolution, "repeats": latency_repeats,
-                    "threads": threads},
-        "scoring": {"scorer": scorer, "iterations": score_iterations},
-        "recovery": {"method": recovery_method, "iterations": recovery_iterations},
-    }
+    overrides = settings_from_options(settings, set_pairs)
+    synthesis = _parse_options(synthesis_options, "--synthesis-option")
+    if synthesis:
+        overrides = overlay({"data": {"synthesis": synthesis}}, overrides, keep_none=True)
     config = resolve_config(recipe, overrides)
     quiet = quiet or as_json
     result = compress(config, out_dir, progress=_progress(quiet), resume=resume, overwrite=overwrite)
@@ -160,26 +208,29 @@ def run(recipe, model, weights, source, data_path, num_images, class_balanced, s
 @main.command()
 @click.option("--model", required=True, help="Architecture name.")
 @click.option("--weights", help="Weights file or name (latency does not depend on them).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--resolution", type=int, help="Input size; default the model's.")
-@click.option("--repeats", type=int, default=10, show_default=True)
-@click.option("--threads", type=int)
-@click.option("--device", default="cpu", show_default=True)
+@setting_option("--batch-size", path="latency.batch_size", declared_default=True)
+@setting_option("--resolution", path="latency.resolution")
+@setting_option("--repeats", path="latency.repeats", declared_default=True)
+@setting_option("--threads", path="latency.threads")
+@setting_option("--device", path="device", declared_default=True)
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def blocks(model, weights, batch_size, resolution, repeats, threads, device, quiet, as_json) -> None:
+def blocks(model, weights, quiet, as_json, **settings) -> None:
     """List droppable blocks in network order with their measured ΔLat."""
-    from .latency import profile_blocks
+    from .config import RunConfig
+    from .latency import Timing, profile_blocks
     from .models import create_model
     from .models.blocks import find_blocks
     from .report import blocks_table
 
+    config = RunConfig.from_dict(settings_from_options(settings))
     network = create_model(model, weights=weights)
     size = network.model_spec.input_size
     candidates = find_blocks(network, size)
-    profile = profile_blocks(network, candidates, batch_size, resolution or size, repeats,
-                             threads=threads, device=device, progress=_progress(quiet or as_json))
+    timing = Timing.from_config(config.latency, size, config.device)
+    profile = profile_blocks(network, candidates, timing, pool_identical=config.latency.pool_identical,
+                             progress=_progress(quiet or as_json))
     rows = [
         {"name": b.name, "stage": b.stage, "delta_lat": round(b.delta_lat, 3),
          "delta_lat_raw": round(b.delta_lat_raw, 3), "spread": [round(v, 3) for v in b.spread],
@@ -187,34 +238,35 @@ def blocks(model, weights, batch_size, resolution, repeats, threads, device, qui
         for b in profile.blocks
     ]
     if as_json:
-        _emit_json({"model": model, "teacher_ms": profile.teacher_ms, "batch_size": batch_size,
-                    "resolution": resolution or size, "all_dropped": profile.all_dropped, "blocks": rows})
+        _emit_json({"model": model, "teacher_ms": profile.teacher_ms, "batch_size": timing.batch_size,
+                    "resolution": timing.resolution, "all_dropped_cut_percent": profile.all_dropped_cut_percent,
+                    "blocks": rows})
     else:
         Console().print(blocks_table(rows, title=f"{model}: droppable blocks "
-                                     f"(teacher {profile.teacher_ms:.1f} ms at batch {batch_size})"))
+                                     f"(teacher {profile.teacher_ms:.1f} ms at batch {timing.batch_size})"))
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--repeats", type=int, help="Rounds of timing (default: twice the run's).")
-@click.option("--threads", type=int)
+@click.option("--repeats", type=click.IntRange(min=1), help="Rounds of timing (default: twice the run's).")
+@click.option("--threads", type=click.IntRange(min=1))
 @click.option("--device", help="Default: the run's device.")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def latency(run_dir, repeats, threads, device, quiet, as_json) -> None:
     """Time the teacher and the compressed model of RUN_DIR, interleaved, in this process."""
-    from .latency import compare_latency
+    from dataclasses import replace
+
+    from .latency import Timing, compare_latency
     from .runs import load_run
 
     loaded = load_run(run_dir)
     config = loaded.config
-    resolution = config.latency.resolution or loaded.teacher.model_spec.input_size
-    comparison = compare_latency(
-        {"teacher": loaded.teacher, "pruned": loaded.pruned}, config.latency.batch_size, resolution,
-        repeats or 2 * config.latency.repeats, config.latency.warmup, threads or config.latency.threads,
-        device or config.device, progress=_progress(quiet or as_json),
-    )
+    timing = Timing.from_config(config.latency, loaded.teacher.model_spec.input_size, device or config.device)
+    timing = replace(timing, repeats=repeats or 2 * timing.repeats, threads=threads or timing.threads)
+    comparison = compare_latency({"teacher": loaded.teacher, "pruned": loaded.pruned}, timing,
+                                 progress=_progress(quiet or as_json))
     median, q25, q75 = comparison.reduction("pruned", "teacher")
     result = {
         "teacher_ms": comparison.median_ms("teacher"),
@@ -240,7 +292,7 @@ def latency(run_dir, repeats, threads, device, quiet, as_json) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--data", "data_path", required=True, help="Labelled ImageFolder-style folder.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -274,7 +326,7 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
 
 
 @main.command()
-@click.option("--method", type=click.Choice(["bn-inversion", "diffusion"]), default="bn-inversion",
+@click.option("--method", type=click.Choice(sorted(synthesis_sources())), default="bn-inversion",
               show_default=True, help="BN-statistics inversion of the teacher, or a diffusion pipeline.")
 @click.option("--model", required=True, help="Teacher architecture (see `dfpractise models`).")
 @click.option("--weights", help="Teacher weights file or known weights name.")

@@ -1,182 +1,283 @@
-"""The settings of one compression run, as plain dataclasses.
+"""The settings of one compression run, each declared once.
 
 One ``RunConfig`` is what a recipe file holds, what CLI options override, and what a run folder
 saves as ``recipe.yaml``; so a run can be rebuilt from what it saved. Sections mirror the phases of
 the method (latency, scoring, recovery) so a recipe reads like the method.
+
+A setting is declared here and nowhere else: its type, default, range (``Field(ge=...)``), the
+plug-in registry its value must name, and its help text (``description``, shown by ``--help``).
+Recipe loading, validation, the saved recipe, ``--set key=value`` and the CLI's named options all
+read these declarations (pydantic models in strict mode: ``seed: one`` or ``pool_identical: 1`` is
+an error, not a silent conversion; a whole number is accepted where a number is expected). Only
+rules between settings live in ``RunConfig.validate``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, get_args
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
 
-@dataclass
-class DataConfig:
+@dataclass(frozen=True)
+class RegistryRef:
+    """Marks a setting that names a plug-in of ``dfpractise.<module>.<registry>``.
+
+    The name is looked up when the value is checked (so plug-ins registered later count); the
+    CLI offers the registered names as the option's choices.
+    """
+
+    module: str
+    registry: str
+
+    def get(self) -> Any:
+        from importlib import import_module
+
+        return getattr(import_module(f"dfpractise.{self.module}"), self.registry)
+
+    def check(self, name: str) -> str:
+        try:
+            return self.get().check(name)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
+
+def registered(module: str, registry: str) -> Any:
+    """The type of a setting naming a registered plug-in."""
+    ref = RegistryRef(module, registry)
+    return Annotated[str, AfterValidator(ref.check), ref]
+
+
+DropCostName = registered("recoverability", "DROP_COSTS")
+RecoveryName = registered("recovery", "RECOVERY_METHODS")
+SelectionName = registered("selection", "SELECTION_METHODS")
+
+
+def _open_unit_interval(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value < 1.0:
+        raise ValueError(f"latency-reduction must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+def _as_tuple(value: Any) -> Any:
+    """YAML has lists, not tuples; ``milestones: 0.5`` is a list of one."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value,)
+    return value
+
+
+class Settings(BaseModel):
+    """A section of settings: strict types, unknown keys refused, assignments checked.
+
+    A bad value assigned, or read by ``from_dict``/``replace``, is a ``ConfigError`` naming the
+    setting (the constructor keeps pydantic's ``ValidationError``: pydantic also calls it for
+    nested sections, where it must report the setting's full path).
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise settings_error(err, type(self)) from None
+
+    def replace(self, **changes: Any) -> Any:
+        """A checked copy with ``changes`` (``dataclasses.replace`` for settings)."""
+        try:
+            return type(self).model_validate({**dict(self), **changes})
+        except ValidationError as err:
+            raise settings_error(err, type(self)) from None
+
+
+class DataConfig(Settings):
     """Where the tiny set comes from, and where accuracy is measured."""
 
-    source: str = "real"
-    path: str | None = None
-    num_images: int = 500
-    class_balanced: bool = False
-    eval_path: str | None = None
-    eval_batch_size: int = 256
-    # synthetic and diffusion sources: synthesizer settings (steps, lr, batch_size, ...); the
-    # folder their images are cached in (None: one per settings under $DFPRACTISE_CACHE/synthetic);
-    # whether a cache folder written with other settings is rebuilt instead of refused
-    synthesis: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None
-    rebuild_cache: bool = False
+    source: str = Field("real", description="Tiny-set source (registered in dfpractise.sources): real images, "
+                        "ood (unlabelled folder), synthetic (BN inversion, no data), diffusion (--data is the "
+                        "pipeline).")
+    path: str | None = Field(None, description="Tiny-set images: ImageFolder layout for real, any folder for ood, "
+                             "a diffusers pipeline for diffusion.")
+    num_images: int = Field(500, ge=1, description="Images in the tiny set.")
+    class_balanced: bool = Field(False, description="Draw equally per class.")
+    eval_path: str | None = Field(None, description="Labelled folder to measure top-1/top-5 on after compression.")
+    eval_batch_size: int = Field(256, ge=1, description="Batch size of the evaluation.")
+    synthesis: dict[str, Any] = Field(default_factory=dict, description="Synthesizer settings for synthetic/"
+                                      "diffusion sources (steps, lr, batch_size...).")
+    cache_dir: str | None = Field(None, description="Folder of the synthetic images (default: one per settings "
+                                  "under $DFPRACTISE_CACHE/synthetic).")
+    rebuild_cache: bool = Field(False, description="Replace a synthetic cache made with other settings instead "
+                                "of refusing it.")
 
 
-@dataclass
-class LatencyConfig:
+class LatencyConfig(Settings):
     """How latency is measured: paired, interleaved rounds; medians of ratios."""
 
-    batch_size: int = 64
-    resolution: int | None = None  # None: the model's own input size
-    warmup: int = 2
-    repeats: int = 10
-    threads: int | None = None  # None: torch's default
-    pool_identical: bool = True  # blocks with identical shapes and layers share one ΔLat
-    # a selection must measure this many points above the target: on a noisy machine two
-    # measurements of the same pair differ by a few points, and a cut should not fall short later
-    target_margin: float = 1.0
+    batch_size: int = Field(64, ge=1, description="Batch size for latency measurements.")
+    resolution: int | None = Field(None, ge=1, description="Input size for latency measurements (default: the "
+                                   "model's).")
+    warmup: int = Field(2, ge=0, description="Untimed forwards of each model before timing.")
+    repeats: int = Field(10, ge=1, description="Interleaved timing rounds.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for latency measurements (default: torch's).")
+    pool_identical: bool = Field(True, description="Blocks with identical shapes and layers share one ΔLat.")
+    # on a noisy machine two measurements of the same pair differ by a few points, and a cut
+    # should not fall short later
+    target_margin: float = Field(1.0, ge=0, description="Points a selection must measure above the target.")
 
 
-@dataclass
-class ScoringConfig:
+class ScoringConfig(Settings):
     """Recoverability scoring of each candidate block (PRACTISE.md section 3)."""
 
-    scorer: str = "recoverability"
-    iterations: int = 50  # the reference fits 1000-2000 per block; 50 keeps scoring ~2 min here
-    batch_size: int = 32
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    views: int = 4  # augmented copies of the tiny set cached for adaptor training
+    scorer: DropCostName = Field(
+        "recoverability", description="What stands for the cost of dropping a block in its score cost/ΔLat "
+        "(random and latency-only are baselines).")
+    # the reference fits 1000-2000 per block; 50 keeps scoring ~2 min here
+    iterations: int = Field(50, ge=0, description="Adaptor training steps per candidate block.")
+    batch_size: int = Field(32, ge=1, description="Batch size of the adaptor fits.")
+    lr: float = Field(0.02, gt=0, description="Learning rate of the adaptor fits.")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum of the adaptor fits.")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay of the adaptor fits.")
+    views: int = Field(4, ge=1, description="Augmented copies of the tiny set cached for adaptor training.")
 
 
-@dataclass
-class RecoveryConfig:
+class RecoveryConfig(Settings):
     """Recovery of the pruned network (PRACTISE.md section 4)."""
 
-    method: str = "mir"  # mir | bp | kd | none
-    iterations: int = 2000
-    batch_size: int = 64
-    lr: float | None = None  # None: 0.02 for mir and kd, 0.002 for bp
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    milestones: tuple[float, ...] = (0.4, 0.8)
-    kd_temperature: float = 4.0
-    checkpoint_every: int = 200
+    method: RecoveryName = Field(
+        "mir", description="Recovery of the pruned network: mir mimics the teacher's features, kd its logits, "
+        "bp trains on labels.")
+    iterations: int = Field(2000, ge=0, description="Recovery training steps.")
+    batch_size: int = Field(64, ge=1, description="Batch size of recovery.")
+    lr: float | None = Field(None, gt=0, description="Learning rate (default: the recovery method's own).")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum of recovery.")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay of recovery.")
+    milestones: Annotated[tuple[float, ...], BeforeValidator(_as_tuple)] = Field(
+        (0.4, 0.8), description="Fractions of the iterations at which the learning rate falls tenfold.")
+    kd_temperature: float = Field(4.0, gt=0, description="Softmax temperature of kd.")
+    checkpoint_every: int = Field(200, ge=0, description="Iterations between recovery checkpoints (0: only on "
+                                  "interruption).")
 
 
-@dataclass
-class RunConfig:
+class RunConfig(Settings):
     """Everything one ``dfpractise run`` needs."""
 
-    model: str = "cifar10_resnet56"
-    weights: str | None = None
-    latency_reduction: float | None = 0.3
-    drop: int | None = None
-    selection: str = "min-recoverability"  # min-recoverability | greedy
-    seed: int = 0
-    device: str = "cpu"
-    data: DataConfig = field(default_factory=DataConfig)
-    latency: LatencyConfig = field(default_factory=LatencyConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    model: str = Field("cifar10_resnet56", description="Architecture name (see `dfpractise models`).")
+    weights: str | None = Field(None, description="Weights file or known weights name.")
+    latency_reduction: Annotated[float | None, AfterValidator(_open_unit_interval)] = Field(
+        0.3, description="Target cut of measured latency, e.g. 0.3.")
+    drop: int | None = Field(None, ge=1, description="Drop this many blocks instead of a latency target.")
+    selection: SelectionName = Field(
+        "min-recoverability", description="How blocks are chosen for a latency target: the least total cost "
+        "that reaches it, or greedily by score.")
+    seed: int = Field(0, description="Seed of the tiny-set draw, augmentations and fits: same seed, same blocks.")
+    device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
+    data: DataConfig = Field(default_factory=DataConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
 
     def validate(self) -> "RunConfig":
-        """Raise ``ConfigError`` for values the method cannot use; return self."""
+        """Check the rules between settings (each setting checks itself); return self."""
         if self.drop is not None and self.latency_reduction is not None:
             raise ConfigError("give either a latency-reduction target or a drop count, not both")
         if self.drop is None and self.latency_reduction is None:
             raise ConfigError("give a latency-reduction target (e.g. 0.3) or a drop count")
-        if self.latency_reduction is not None and not 0.0 < self.latency_reduction < 1.0:
-            raise ConfigError(
-                f"latency-reduction must lie strictly between 0 and 1, got {self.latency_reduction}"
-            )
-        if self.drop is not None and self.drop < 1:
-            raise ConfigError(f"drop must be at least 1, got {self.drop}")
-        if self.selection not in ("min-recoverability", "greedy"):
-            raise ConfigError(f"unknown selection '{self.selection}' (min-recoverability, greedy)")
-        positive = {
-            "data.num_images": self.data.num_images,
-            "data.eval_batch_size": self.data.eval_batch_size,
-            "latency.batch_size": self.latency.batch_size,
-            "latency.repeats": self.latency.repeats,
-            "scoring.batch_size": self.scoring.batch_size,
-            "scoring.views": self.scoring.views,
-            "recovery.batch_size": self.recovery.batch_size,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be at least 1, got {value}")
-        for key, value in {
-            "latency.warmup": self.latency.warmup,
-            "scoring.iterations": self.scoring.iterations,
-            "recovery.iterations": self.recovery.iterations,
-        }.items():
-            if value < 0:
-                raise ConfigError(f"{key} must not be negative, got {value}")
-        if not isinstance(self.data.synthesis, dict):
-            raise ConfigError(f"data.synthesis must be a mapping of synthesizer settings, got {self.data.synthesis!r}")
-        if self.recovery.method not in ("mir", "bp", "kd", "none"):
-            raise ConfigError(f"unknown recovery '{self.recovery.method}' (mir, bp, kd, none)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["recovery"]["milestones"] = list(self.recovery.milestones)
-        return data
+        """Plain nested dicts and lists, as a recipe holds them."""
+        return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        """Build from nested dicts; unknown keys are an error naming the key."""
-        return _build(cls, data, prefix="")
+    def from_dict(cls, data: Any) -> "RunConfig":
+        """Build from nested dicts; a bad key or value is one ``ConfigError`` naming the setting."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise settings_error(err, cls) from None
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"'{prefix.rstrip('.') or 'recipe'}' must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        known = ", ".join(fields)
-        raise ConfigError(f"unknown recipe key '{prefix}{unknown[0]}' (known here: {known})")
-    kwargs = {}
-    for name, value in data.items():
-        nested = _SECTIONS.get(name) if cls is RunConfig else None
-        if nested is not None:
-            kwargs[name] = _build(nested, value or {}, prefix=f"{prefix}{name}.")
-        elif name == "milestones" and value is not None:
-            kwargs[name] = tuple(float(v) for v in value)
+# ---------------------------------------------------------------- reading the declarations
+
+
+def setting(path: str) -> tuple[type[Settings], str]:
+    """(section class, field name) of the declared setting a dotted key falls under.
+
+    ``recovery.lr`` is the field ``lr`` of ``RecoveryConfig``; ``data.synthesis.steps`` falls
+    under the mapping ``data.synthesis``. An unknown key is a ``ConfigError`` naming it.
+    """
+    section: type[Settings] = RunConfig
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        field = section.model_fields.get(part)
+        if field is None:
+            raise ConfigError(f"unknown setting '{path}' (known here: {', '.join(section.model_fields)})")
+        annotation = field.annotation
+        rest = parts[depth + 1:]
+        if not rest:
+            return section, part
+        if isinstance(annotation, type) and issubclass(annotation, Settings):
+            section = annotation
+        elif annotation is dict or getattr(annotation, "__origin__", None) is dict:
+            return section, part  # keys inside a mapping setting are the plug-in's own
         else:
-            kwargs[name] = value
-    return cls(**kwargs)
+            raise ConfigError(f"unknown setting '{path}': '{'.'.join(parts[:depth + 1])}' has no parts")
+    raise AssertionError("unreachable")
 
 
-_SECTIONS = {
-    "data": DataConfig,
-    "latency": LatencyConfig,
-    "scoring": ScoringConfig,
-    "recovery": RecoveryConfig,
+_TYPE_WORDS = {
+    "int_type": "a whole number", "int_parsing": "a whole number", "float_type": "a number",
+    "bool_type": "true or false", "string_type": "a string", "dict_type": "a mapping",
+    "tuple_type": "a list of numbers", "model_type": "a mapping",
 }
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``override`` into a copy of ``base``; ``None`` values in override are skipped."""
-    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for key, value in override.items():
-        if value is None:
-            continue
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def settings_error(err: ValidationError, model: type[Settings] = RunConfig) -> ConfigError:
+    """The first problem pydantic found, as the one line a user reads (naming the setting)."""
+    problem = err.errors(include_url=False)[0]
+    names = [str(p) for p in problem["loc"] if isinstance(p, str)]
+    key = ".".join(names)
+    kind, value, ctx = problem["type"], problem.get("input"), problem.get("ctx") or {}
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        parent = _section_at(model, names[:-1])
+        known = ", ".join(parent.model_fields) if parent is not None else ""
+        return ConfigError(f"unknown recipe key '{key}' (known here: {known})")
+    if kind == "value_error":
+        return ConfigError(str(ctx.get("error", problem["msg"])))
+    if kind in _TYPE_WORDS:
+        what = _TYPE_WORDS[kind]
+        if _accepts_none(model, names):
+            what += " or null"
+        return ConfigError(f"'{key}' must be {what}, got {value!r}")
+    bounds: dict[str, Callable[[Any], str]] = {
+        "greater_than_equal": lambda b: "must not be negative" if b == 0 else f"must be at least {b}",
+        "greater_than": lambda b: "must be positive" if b == 0 else f"must be more than {b}",
+        "less_than_equal": lambda b: f"must be at most {b}",
+        "less_than": lambda b: f"must be less than {b}",
+    }
+    if kind in bounds:
+        bound = next(iter(ctx.values()))
+        return ConfigError(f"{key} {bounds[kind](bound)}, got {value!r}")
+    return ConfigError(f"'{key}': {problem['msg']}, got {value!r}")
+
+
+def _section_at(model: type[Settings], names: list[str]) -> type[Settings] | None:
+    section = model
+    for name in names:
+        field = section.model_fields.get(name)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, Settings)):
+            return None
+        section = annotation
+    return section
+
+
+def _accepts_none(model: type[Settings], names: list[str]) -> bool:
+    section = _section_at(model, names[:-1])
+    field = section.model_fields.get(names[-1]) if section is not None and names else None
+    return field is not None and type(None) in get_args(field.annotation)

@@ -4,6 +4,7 @@ These machines are noisy (the same forward varies by 10% run to run), so models 
 are timed in the same rounds, one forward each per round, in a rotating order; a reduction is the
 median over rounds of the per-round ratio, and its spread is the inter-quartile range of those
 ratios. Always eval mode and no grad: a train-mode forward would change BatchNorm statistics.
+What to time with (batch, resolution, rounds, threads, device, clock) travels as one ``Timing``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,43 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from .config import LatencyConfig
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How models are timed: the one object every measurement takes.
+
+    ``clock`` returns seconds; tests pass a fake one so that measured ratios are exact.
+    """
+
+    batch_size: int = 64
+    resolution: int = 32
+    repeats: int = 10
+    warmup: int = 2
+    threads: int | None = None
+    device: str = "cpu"
+    channels_last: bool = True
+    clock: Callable[[], float] = field(default=time.perf_counter, compare=False, repr=False)
+
+    @classmethod
+    def from_config(cls, config: "LatencyConfig", input_size: int, device: str = "cpu") -> "Timing":
+        """A run's timing: its latency settings, at the model's input size unless one is set."""
+        return cls(config.batch_size, config.resolution or input_size, config.repeats, config.warmup,
+                   config.threads, str(device))
+
+    def longer(self, factor: int) -> "Timing":
+        """The same timing with ``factor`` times the rounds (a confirming measurement)."""
+        return replace(self, repeats=factor * self.repeats)
 
 
 @dataclass
@@ -66,13 +97,8 @@ def torch_threads(threads: int | None) -> Iterator[int]:
 
 def compare_latency(
     models: Mapping[str, nn.Module],
-    batch_size: int,
-    resolution: int,
-    repeats: int = 10,
-    warmup: int = 2,
-    threads: int | None = None,
-    device: str | torch.device = "cpu",
-    channels_last: bool = True,
+    timing: Timing,
+    *,
     progress: Progress | None = None,
     description: str = "Timing",
     reference: str | None = "teacher",
@@ -82,49 +108,58 @@ def compare_latency(
     If ``reference`` names one of ``models``, it is timed before and after every other model
     (see ``LatencyComparison``); otherwise the models simply take turns.
     """
-    device = torch.device(device)
+    device = torch.device(timing.device)
     progress = progress or Progress()
-    x = torch.randn(batch_size, 3, resolution, resolution, device=device)
-    if channels_last and device.type == "cpu":
+    x = torch.randn(timing.batch_size, 3, timing.resolution, timing.resolution, device=device)
+    channels_last = timing.channels_last and device.type == "cpu"
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     names = list(models)
     if reference not in models:
         reference = None
     states = {name: _prepare(model, device, channels_last) for name, model in models.items()}
-    with torch_threads(threads) as used_threads, torch.inference_mode():
+
+    def timed(name: str) -> float:
+        _synchronize(device)
+        start = timing.clock()
+        models[name](x)
+        _synchronize(device)
+        return timing.clock() - start
+
+    with torch_threads(timing.threads) as used_threads, torch.inference_mode():
         for model in models.values():
-            for _ in range(warmup):
+            for _ in range(timing.warmup):
                 model(x)
         _synchronize(device)
         times: dict[str, list[float]] = {name: [] for name in names}
         paired: dict[str, list[float]] = {}
         others = [n for n in names if n != reference]
-        with progress.task(description, total=repeats) as task:
-            for round_index in range(repeats):
+        with progress.task(description, total=timing.repeats) as task:
+            for round_index in range(timing.repeats):
                 shift = round_index % len(others) if others else 0
                 order = others[shift:] + others[:shift]
                 if reference is None:
                     for name in order:
-                        times[name].append(_time_forward(models[name], x, device))
+                        times[name].append(timed(name))
                 else:
-                    before = _time_forward(models[reference], x, device)
+                    before = timed(reference)
                     times[reference].append(before)
                     for name in order:
-                        times[name].append(_time_forward(models[name], x, device))
-                        after = _time_forward(models[reference], x, device)
+                        times[name].append(timed(name))
+                        after = timed(reference)
                         times[reference].append(after)
                         paired.setdefault(name, []).append(0.5 * (before + after))
                         before = after
                 task.advance(1)
     for name, model in models.items():
         _restore(model, states[name])
-    return LatencyComparison(times, batch_size, resolution, used_threads, str(device), paired)
+    return LatencyComparison(times, timing.batch_size, timing.resolution, used_threads, str(device), paired)
 
 
 def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> bool:
     was_training = model.training
     model.eval().to(device)
-    if channels_last and device.type == "cpu":
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     return was_training
 
@@ -132,14 +167,6 @@ def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> boo
 def _restore(model: nn.Module, was_training: bool) -> None:
     model.to(memory_format=torch.contiguous_format)
     model.train(was_training)
-
-
-def _time_forward(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    model(x)
-    _synchronize(device)
-    return time.perf_counter() - start
 
 
 def _synchronize(device: torch.device) -> None:
@@ -161,23 +188,31 @@ class BlockLatency:
 
 @dataclass
 class BlockLatencyProfile:
+    """The latency phase of a run: ΔLat of every candidate block, and the cut of dropping them all."""
+
+    FILE = "latency.json"
     teacher_ms: float
     blocks: list[BlockLatency]
-    all_dropped: float  # measured cut, percent, with every candidate dropped
+    all_dropped_cut_percent: float  # the measured cut with every candidate dropped
 
     def by_name(self) -> dict[str, BlockLatency]:
         return {b.name: b for b in self.blocks}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"teacher_ms": self.teacher_ms, "all_dropped_cut_percent": self.all_dropped_cut_percent,
+                "blocks": [{**asdict(b), "spread": list(b.spread)} for b in self.blocks]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BlockLatencyProfile":
+        blocks = [BlockLatency(**{**b, "spread": tuple(b["spread"])}) for b in data["blocks"]]
+        return cls(float(data["teacher_ms"]), blocks, float(data["all_dropped_cut_percent"]))
 
 
 def profile_blocks(
     model: nn.Module,
     blocks: list,
-    batch_size: int,
-    resolution: int,
-    repeats: int = 10,
-    warmup: int = 2,
-    threads: int | None = None,
-    device: str | torch.device = "cpu",
+    timing: Timing,
+    *,
     pool_identical: bool = True,
     progress: Progress | None = None,
 ) -> BlockLatencyProfile:
@@ -195,14 +230,11 @@ def profile_blocks(
     progress = progress or Progress()
     ratios: dict[str, list[float]] = {}
     teacher_times: list[float] = []
-    input_size = model.model_spec.input_size if hasattr(model, "model_spec") else resolution
+    input_size = model.model_spec.input_size if hasattr(model, "model_spec") else timing.resolution
     variants = [(b.name, [b.name]) for b in blocks] + [("<all>", [b.name for b in blocks])]
     with progress.task("Timing blocks", total=len(variants)) as task:
         for name, dropped in variants:
-            comparison = compare_latency(
-                {"teacher": model, name: drop_blocks(model, dropped, input_size)},
-                batch_size, resolution, repeats, warmup, threads, device,
-            )
+            comparison = compare_latency({"teacher": model, name: drop_blocks(model, dropped, input_size)}, timing)
             ratios[name] = [
                 (ref - t) / ref for ref, t in zip(comparison.paired[name], comparison.times[name], strict=True)
             ]
@@ -234,10 +266,24 @@ def profile_blocks(
         for b in blocks
     ]
     all_dropped = 100.0 * statistics.median(ratios["<all>"])
-    return BlockLatencyProfile(1000.0 * statistics.median(teacher_times), records, all_dropped)
+    return BlockLatencyProfile(1000.0 * statistics.median(teacher_times), records, all_dropped_cut_percent=all_dropped)
 
 
 def _signature(model: nn.Module, block) -> tuple:
     module = model.get_submodule(block.name)
     shapes = tuple((n, tuple(p.shape)) for n, p in module.named_parameters())
     return (block.stage, type(module).__name__, shapes)
+
+
+def cut_measure(model: nn.Module, timing: Timing, progress: Progress | None = None):
+    """A ``selection.Measure``: the measured cut of dropping blocks from ``model``, paired against it."""
+    from .models.blocks import drop_blocks
+    from .selection import MeasuredCut
+
+    def measure(blocks: list[str], rounds: int = 1) -> MeasuredCut:
+        comparison = compare_latency({"teacher": model, "pruned": drop_blocks(model, blocks)}, timing.longer(rounds),
+                                     progress=progress, description="Measuring selection")
+        median, q25, q75 = comparison.reduction("pruned", "teacher")
+        return MeasuredCut(median, (q25, q75), list(blocks))
+
+    return measure

@@ -9,7 +9,6 @@ the resolved recipe (``save_recipe``) so the run can be rebuilt from it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .config import RunConfig, merge
+from .config import RunConfig
 from .errors import ConfigError
 from synthesizers.files import write_text_atomic
 
@@ -53,9 +52,9 @@ def resolve_config(recipe: str | Path | None, overrides: dict[str, Any] | None =
     """
     data = RunConfig().to_dict()
     if recipe is not None:
-        data = _overlay(data, load_recipe(recipe), keep_none=True)
+        data = overlay(data, load_recipe(recipe), keep_none=True)
         try:
-            _build(data)
+            RunConfig.from_dict(data)
         except ConfigError as err:  # name the file that holds the bad key or value
             raise ConfigError(f"recipe {recipe}: {err}") from None
         new_source = ((overrides or {}).get("data") or {}).get("source")
@@ -63,8 +62,8 @@ def resolve_config(recipe: str | Path | None, overrides: dict[str, Any] | None =
             defaults = RunConfig().data
             for key in SOURCE_SETTINGS:
                 data["data"][key] = getattr(defaults, key)
-    data = _overlay(data, overrides or {}, keep_none=False)
-    return _build(data).validate()
+    data = overlay(data, overrides or {}, keep_none=False)
+    return RunConfig.from_dict(data).validate()
 
 
 def save_recipe(config: RunConfig, path: str | Path) -> Path:
@@ -78,46 +77,6 @@ def save_recipe(config: RunConfig, path: str | Path) -> Path:
     body = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
     write_text_atomic(path, header + body)
     return path
-
-
-def _build(data: dict[str, Any]) -> RunConfig:
-    """``RunConfig.from_dict`` plus a type check, so ``seed: one`` is a message, not a traceback."""
-    config = RunConfig.from_dict(data)
-    for prefix, section in [("", config)] + [(f"{n}.", getattr(config, n)) for n in _SECTIONS]:
-        for f in dataclasses.fields(section):
-            if f.name not in _SECTIONS:
-                _check_type(section, f, prefix)
-    return config
-
-
-def _check_type(section: Any, f: dataclasses.Field, prefix: str) -> None:
-    """Check one field against its annotation; ints are accepted (and stored) as floats."""
-    value = getattr(section, f.name)
-    allowed = [_TYPES.get(part.strip()) for part in str(f.type).split("|")]
-    if None in allowed or value is None and "None" in str(f.type):
-        return  # an annotation this check does not know, or an allowed None
-    if any(kind is float for kind in allowed) and type(value) is int:
-        setattr(section, f.name, float(value))
-        return
-    if any(_is_a(value, kind) for kind in allowed):
-        return
-    names = " or ".join(_TYPE_NAMES[kind] for kind in allowed)
-    raise ConfigError(f"'{prefix}{f.name}' must be {names}, got {value!r}")
-
-
-def _is_a(value: Any, kind: type) -> bool:
-    if kind is tuple:  # milestones: a list of numbers in YAML
-        return isinstance(value, (tuple, list)) and all(_is_a(v, float) for v in value)
-    if kind in (int, float) and isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-
-
-_SECTIONS = ("data", "latency", "scoring", "recovery")
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None),
-          "tuple[float, ...]": tuple}
-_TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
-               type(None): "null", tuple: "a list of numbers"}
 
 
 def _load(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
@@ -134,7 +93,7 @@ def _load(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base, str) or not base:
         raise ConfigError(f"recipe {path}: 'base' must be a file name, got {base!r}")
     parent = _load(path.parent / base, chain + (key,))
-    return _overlay(parent, data, keep_none=True)
+    return overlay(parent, data, keep_none=True)
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -179,22 +138,21 @@ def _expand(value: Any, path: Path) -> Any:
     return os.path.expandvars(value)
 
 
-def _overlay(lower: dict[str, Any], upper: dict[str, Any], keep_none: bool) -> dict[str, Any]:
-    """Deep-merge ``upper`` over ``lower``, one target form clearing the other.
+def overlay(lower: dict[str, Any], upper: dict[str, Any], keep_none: bool) -> dict[str, Any]:
+    """Deep-merge ``upper`` over a copy of ``lower``, one target form clearing the other.
 
-    In a recipe an explicit ``null`` is a value (``drop: null`` clears a base's drop); among CLI
-    overrides ``None`` means "not given" and is skipped (``config.merge``).
+    In a recipe an explicit ``null`` is a value (``drop: null`` clears a base's drop,
+    ``keep_none=True``); among CLI overrides ``None`` means "not given" and is skipped.
     """
-    lower = dict(lower)
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in lower.items()}
     for name, other in zip(_EXCLUSIVE, reversed(_EXCLUSIVE)):
         if upper.get(name) is not None:
-            lower[other] = None
-    if not keep_none:
-        return merge(lower, upper)
-    merged = merge(lower, upper)
+            merged[other] = None
     for key, value in upper.items():
-        if value is None:
-            merged[key] = None
-        elif isinstance(value, dict) and isinstance(lower.get(key), dict):
-            merged[key] = _overlay(lower[key], value, keep_none=True)
+        if value is None and not keep_none:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = overlay(merged[key], value, keep_none)
+        else:
+            merged[key] = value
     return merged

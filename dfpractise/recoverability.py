@@ -20,7 +20,7 @@ import random
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,22 @@ class ScoringContext:
     seed: int = 0
     device: torch.device = torch.device("cpu")
     progress: Progress | None = None
+
+
+@dataclass
+class BlockCosts:
+    """The scoring phase of a run: the cost of dropping each candidate block, and who said so."""
+
+    FILE = "scores.json"
+    scorer: str
+    costs: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scorer": self.scorer, "costs": dict(self.costs)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BlockCosts":
+        return cls(str(data["scorer"]), {k: float(v) for k, v in data["costs"].items()})
 
 
 class DropCost(ABC):

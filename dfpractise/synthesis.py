@@ -14,9 +14,8 @@ from typing import Any
 from .errors import ConfigError
 from .progress import Progress
 from .report import save_sample_grid, write_json
-from .sources import DiffusionSource, SourceContext, SyntheticSource, TinySet
-
-METHOD_SOURCES = {"bn-inversion": "synthetic", "diffusion": "diffusion"}
+from .sources import SOURCES, SourceContext, TinySet
+from .sources.synthetic import SynthesizedSource
 QUALITY = "quality.json"
 SAMPLES = "samples.png"
 
@@ -26,6 +25,12 @@ class SynthesisResult:
     tiny: TinySet
     report: dict[str, Any]
     folder: Path
+
+
+def synthesis_sources() -> dict[str, type[SynthesizedSource]]:
+    """The registered sources that make their images, by the synthesizer each drives."""
+    found = (SOURCES.get(name) for name in SOURCES.names())
+    return {kind.method: kind for kind in found if isinstance(kind, type) and issubclass(kind, SynthesizedSource)}
 
 
 def synthesize_for_model(
@@ -45,18 +50,18 @@ def synthesize_for_model(
     """Synthesise ``num_images`` for ``model`` into ``out_dir`` (resumable), with a quality report."""
     from .engine import load_teacher
 
-    if method not in METHOD_SOURCES:
-        raise ConfigError(f"unknown synthesis method {method!r}; known: {', '.join(METHOD_SOURCES)}")
-    if method == "diffusion" and not pipeline:
-        raise ConfigError("--method diffusion needs --pipeline DIR_OR_HUB_ID (a diffusers pipeline)")
-    if method != "diffusion" and pipeline:
-        raise ConfigError(f"--pipeline is only used by --method diffusion, not {method}")
+    sources = synthesis_sources()
+    if method not in sources:
+        raise ConfigError(f"unknown synthesis method {method!r}; known: {', '.join(sources)}")
+    kind = sources[method]
+    if kind.takes_pipeline and not pipeline:
+        raise ConfigError(f"--method {method} needs --pipeline DIR_OR_HUB_ID (a diffusers pipeline)")
+    if not kind.takes_pipeline and pipeline:
+        users = ", ".join(m for m, k in sources.items() if k.takes_pipeline)
+        raise ConfigError(f"--pipeline is only used by --method {users}, not {method}")
     teacher, _, sha = load_teacher(model, weights)
-    options = dict(options or {})
-    if method == "diffusion":
-        source = DiffusionSource(pipeline, cache_dir=out_dir, rebuild_cache=rebuild, **options)
-    else:
-        source = SyntheticSource(cache_dir=out_dir, rebuild_cache=rebuild, **options)
+    settings = {"cache_dir": out_dir, "rebuild_cache": rebuild, **(options or {})}
+    source = kind(pipeline, **settings) if kind.takes_pipeline else kind(**settings)
     context = SourceContext.for_teacher(teacher.to(device), teacher_id=sha, device=device, progress=progress)
     tiny = source.load(num_images, teacher.model_spec.input_size, seed, context)
     folder = Path(out_dir)

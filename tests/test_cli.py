@@ -6,7 +6,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from dfpractise.cli import main
+from dfpractise.cli import _parse_options, main
 
 QUICK = ["--score-iterations", "3", "--recovery-iterations", "6", "--latency-repeats", "2", "--batch-size", "16"]
 
@@ -182,3 +182,50 @@ def test_env_json():
     result = _invoke("env", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["torch"]
+
+
+def test_set_overrides_any_setting_by_its_recipe_key(tmp_path, train_dir):
+    out = tmp_path / "o"
+    result = _invoke("run", "--model", "cifar10_resnet20", "--weights", "cifar10jpeg-resnet20", "--data", train_dir,
+                     "--num-images", "8", "--drop", "1", "--out", out, "--quiet", *QUICK,
+                     "--set", "recovery.lr=1e-3", "--set", "recovery.milestones=[0.5]", "--set", "scoring.views=2")
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["recovery"]["lr"] == 0.001 and saved["recovery"]["milestones"] == [0.5]
+    assert saved["scoring"]["views"] == 2 and saved["recovery"]["iterations"] == 6  # named options still apply
+
+
+@pytest.mark.parametrize("pair, fragment", [
+    ("recovery.lrr=0.1", "--set recovery.lrr: unknown setting 'recovery.lrr' (known here: method,"),
+    ("seed=one", "'seed' must be a whole number, got 'one'"),
+    ("latency.repeats=0", "latency.repeats must be at least 1, got 0"),
+    ("recovery", "--set expects KEY=VALUE"),
+])
+def test_set_errors_are_one_line(tmp_path, train_dir, pair, fragment):
+    result = _invoke("run", "--model", "cifar10_resnet20", "--data", train_dir, "--out", tmp_path / "o",
+                     "--set", pair, "--quiet")
+    _assert_one_line_error(result, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_choices_come_from_the_registries():
+    from dfpractise.recoverability import DROP_COSTS
+    from dfpractise.recovery import RECOVERY_METHODS
+    from dfpractise.selection import SELECTION_METHODS
+    from dfpractise.sources import SOURCES
+
+    text = "".join(_invoke("run", "--help").output.split())  # help wraps long choice lists
+    for registry in (DROP_COSTS, RECOVERY_METHODS, SELECTION_METHODS, SOURCES):
+        assert "[" + "|".join(registry.names()) + "]" in text
+
+
+def test_synthesis_option_numbers_in_exponent_form_are_numbers():
+    assert _parse_options(("lr=1e-3", "steps=20", "flip=false", "name=x1e3"), "--synthesis-option") == {
+        "lr": 0.001, "steps": 20, "flip": False, "name": "x1e3"}
+
+
+def test_blocks_refuses_a_zero_batch_in_one_line():
+    result = _invoke("blocks", "--model", "cifar10_resnet20", "--batch-size", "0")
+    _assert_one_line_error(result, "latency.batch_size must be at least 1, got 0")

@@ -1,9 +1,12 @@
 """An interrupted run resumes from its run folder and finishes with nothing lost."""
 
+import json
+
 import pytest
 
 from dfpractise.config import RunConfig
 from dfpractise.engine import compress
+from dfpractise.progress import Progress
 from dfpractise.runs import load_run
 
 from conftest import interrupting_progress
@@ -49,3 +52,25 @@ def test_resume_refuses_different_settings(tmp_path, assets_dir):
 
     with pytest.raises(ConfigError, match="different settings"):
         compress(config, out, resume=True)
+
+
+def test_each_finished_phase_is_read_back_not_redone(tmp_path, assets_dir):
+    """Interrupted while scoring: the latency phase is kept and read back on resume, not timed again."""
+    out = tmp_path / "run"
+    config = _config(assets_dir)
+    with pytest.raises(KeyboardInterrupt):
+        compress(config, out, progress=interrupting_progress("Scoring blocks", 1))
+    assert (out / "latency.json").exists() and not (out / "scores.json").exists()
+    saved_latency = (out / "latency.json").read_text()
+
+    timed = []
+
+    class Watching(Progress):
+        def task(self, description, total):
+            timed.append(description)
+            return super().task(description, total)
+
+    result = compress(config, out, resume=True, progress=Watching(quiet=True))
+    assert "Timing blocks" not in timed and "Scoring blocks" in timed
+    assert (out / "latency.json").read_text() == saved_latency
+    assert [b["name"] for b in result.report["blocks"]] == [b["name"] for b in json.loads(saved_latency)["blocks"]]

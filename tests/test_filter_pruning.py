@@ -23,7 +23,7 @@ from dfpractise.baselines.filter_pruning import (  # noqa: E402
 )
 from dfpractise.config import RecoveryConfig  # noqa: E402
 from dfpractise.errors import ConfigError  # noqa: E402
-from dfpractise.latency import torch_threads  # noqa: E402
+from dfpractise.latency import Timing, torch_threads  # noqa: E402
 from dfpractise.models import create_model  # noqa: E402
 from dfpractise.recovery import recover  # noqa: E402
 
@@ -287,6 +287,6 @@ def test_match_latency_bad_input():
 
 def test_default_measure_times_teacher_against_pruned(teacher):
     pruned = prune_filters(teacher, EXAMPLE, 0.5)
-    cut = latency_measure(batch_size=2, repeats=2, warmup=1)({"teacher": teacher, "pruned": pruned})
+    cut = latency_measure(Timing(batch_size=2, resolution=32, repeats=2, warmup=1))({"teacher": teacher, "pruned": pruned})
     assert isinstance(cut, float) and -1.0 < cut < 1.0
     assert not teacher.training and not pruned.training

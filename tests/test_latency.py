@@ -1,52 +1,94 @@
-"""Latency measurement: paired interleaved rounds, reductions, per-block profiles."""
+"""Latency measurement: paired interleaved rounds, reductions, per-block profiles.
 
-import time
+Timing logic is tested on a fake clock that the models themselves advance, so ratios are exact
+however loaded the machine is; real forwards are only checked for what does not depend on speed.
+"""
 
 import pytest
 import torch
 from torch import nn
 
-from dfpractise.latency import compare_latency, profile_blocks, torch_threads
+from dfpractise.latency import Timing, compare_latency, profile_blocks, torch_threads
 from dfpractise.models import create_model
 from dfpractise.models.blocks import find_blocks
 
 
-class Sleeper(nn.Module):
-    def __init__(self, seconds):
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Costly(nn.Module):
+    """A model whose forward takes ``seconds`` on the fake clock, the ``i``-th call ``slow[i]`` more."""
+
+    def __init__(self, clock, seconds, slow=()):
         super().__init__()
-        self.seconds = seconds
+        self.clock, self.seconds, self.slow, self.calls = clock, seconds, list(slow), 0
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
-        time.sleep(self.seconds)
+        extra = self.slow[self.calls] if self.calls < len(self.slow) else 0.0
+        self.clock.now += self.seconds + extra
+        self.calls += 1
         return x
 
 
+def _timing(clock, **kwargs):
+    return Timing(**{"batch_size": 1, "resolution": 4, "repeats": 5, "warmup": 1, "clock": clock, **kwargs})
+
+
 def test_reduction_is_median_of_paired_ratios():
-    comparison = compare_latency(
-        {"slow": Sleeper(0.010), "fast": Sleeper(0.005)}, batch_size=1, resolution=4, repeats=5, warmup=1
-    )
+    clock = FakeClock()
+    # one slow outlier round of the fast model (after 1 warm-up call) moves a mean, not the median
+    slow, fast = Costly(clock, 0.010), Costly(clock, 0.005, slow=[0.0, 0.0, 0.050])
+    comparison = compare_latency({"slow": slow, "fast": fast}, _timing(clock), reference="slow")
     median, q25, q75 = comparison.reduction("fast", "slow")
-    assert 0.35 < median < 0.6
+    assert median == pytest.approx(0.5)
     assert q25 <= median <= q75
-    assert comparison.median_ms("slow") > comparison.median_ms("fast")
-    assert len(comparison.times["slow"]) == 5
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    assert 1 - mean(comparison.times["fast"]) / mean(comparison.times["slow"]) < 0.0  # what a mean would say
+    assert comparison.median_ms("slow") == pytest.approx(10.0) and comparison.median_ms("fast") == pytest.approx(5.0)
+    assert len(comparison.times["fast"]) == 5
 
 
 def test_reference_brackets_every_other_model():
-    comparison = compare_latency(
-        {"teacher": Sleeper(0.004), "a": Sleeper(0.002), "b": Sleeper(0.002)},
-        batch_size=1, resolution=4, repeats=3, warmup=0,
-    )
+    clock = FakeClock()
+    models = {"teacher": Costly(clock, 0.004), "a": Costly(clock, 0.002), "b": Costly(clock, 0.001)}
+    comparison = compare_latency(models, _timing(clock, repeats=3, warmup=0))
     assert len(comparison.times["teacher"]) == 3 * 3  # before a, between a and b, after b; 3 rounds
     assert len(comparison.paired["a"]) == len(comparison.times["a"]) == 3
-    assert 0.3 < comparison.reduction("a", "teacher")[0] < 0.7
+    assert comparison.reduction("a", "teacher")[0] == pytest.approx(0.5)
+    assert comparison.reduction("b", "teacher")[0] == pytest.approx(0.75)
+    assert models["a"].calls == models["b"].calls == 3 and models["teacher"].calls == 9
+
+
+def test_paired_baseline_follows_a_drifting_machine():
+    """The machine slows down 10% per round: paired ratios stay exact, medians of times would not."""
+    clock = FakeClock()
+    drift = [0.1 * i for i in range(6)]  # round i costs (1 + 0.1 i) times as much
+
+    class Drifting(Costly):
+        def forward(self, x):
+            self.clock.now += self.seconds * (1 + drift[self.round()])
+            self.calls += 1
+            return x
+
+        def round(self):
+            return min(self.calls // self.per_round, len(drift) - 1)
+
+    teacher, pruned = Drifting(clock, 0.010), Drifting(clock, 0.007)
+    teacher.per_round, pruned.per_round = 2, 1
+    comparison = compare_latency({"teacher": teacher, "pruned": pruned}, _timing(clock, warmup=0, repeats=5))
+    assert comparison.reduction("pruned", "teacher")[0] == pytest.approx(0.3, abs=0.03)
 
 
 def test_models_are_timed_in_eval_mode_and_restored():
     model = create_model("cifar10_resnet20").train()
     running = model.bn1.running_mean.clone()
-    compare_latency({"m": model}, batch_size=4, resolution=32, repeats=2, warmup=1)
+    compare_latency({"m": model}, Timing(batch_size=4, resolution=32, repeats=2, warmup=1))
     assert model.training, "training flag restored"
     assert torch.equal(model.bn1.running_mean, running), "no BatchNorm statistics changed"
 
@@ -61,7 +103,7 @@ def test_thread_setting_is_restored():
 def test_block_profile_pools_identical_blocks_per_stage():
     model = create_model("cifar10_resnet20")
     blocks = find_blocks(model)
-    profile = profile_blocks(model, blocks, batch_size=8, resolution=32, repeats=3, warmup=1)
+    profile = profile_blocks(model, blocks, Timing(batch_size=8, resolution=32, repeats=3, warmup=1))
     assert [b.name for b in profile.blocks] == [b.name for b in blocks]
     by_stage = {}
     for record in profile.blocks:
@@ -69,7 +111,7 @@ def test_block_profile_pools_identical_blocks_per_stage():
         assert record.delta_lat > 0
     assert all(len(values) == 1 for values in by_stage.values())
     assert profile.teacher_ms > 0
-    assert profile.all_dropped > 0
+    assert profile.all_dropped_cut_percent > 0
 
 
 def test_negative_saving_is_clamped_and_flagged(monkeypatch):
@@ -86,11 +128,12 @@ def test_negative_saving_is_clamped_and_flagged(monkeypatch):
         return latency.LatencyComparison(times, 8, 32, 1, "cpu", paired)
 
     monkeypatch.setattr(latency, "compare_latency", fake_compare)
-    raw = profile_blocks(model, blocks, 8, 32, pool_identical=False).by_name()
+    timing = Timing(batch_size=8, resolution=32)
+    raw = profile_blocks(model, blocks, timing, pool_identical=False).by_name()
     assert raw["layer1.1"].delta_lat == pytest.approx(10.0)
     assert raw["layer1.2"].clamped and raw["layer1.2"].delta_lat == pytest.approx(0.5)  # 10% of median 5%
     assert not raw["layer2.1"].clamped
-    pooled = profile_blocks(model, blocks, 8, 32).by_name()
+    pooled = profile_blocks(model, blocks, timing).by_name()
     assert pooled["layer1.1"].delta_lat == pooled["layer1.2"].delta_lat == pytest.approx(2.5)
     assert pooled["layer1.1"].delta_lat_raw == pytest.approx(10.0)
-    assert profile_blocks(model, blocks, 8, 32).all_dropped == pytest.approx(40.0)
+    assert profile_blocks(model, blocks, timing).all_dropped_cut_percent == pytest.approx(40.0)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..latency import compare_latency
+from ..latency import Timing, compare_latency
 from ..progress import Progress
 
 IMPORTANCES = ("l1", "taylor")
@@ -274,26 +274,15 @@ def _check_stream_unchanged(original: nn.Module, pruned: nn.Module, targets: set
 # Matching a measured latency cut
 
 
-def latency_measure(
-    batch_size: int = 64,
-    resolution: int | None = None,
-    repeats: int = 5,
-    warmup: int = 2,
-    threads: int | None = None,
-    device: str | torch.device = "cpu",
-) -> Measure:
+def latency_measure(timing: Timing) -> Measure:
     """``measure({"teacher": t, "pruned": p})`` -> median measured cut of p against t (a fraction).
 
     Built on ``compare_latency`` with the teacher as reference, so each timing of the pruned
-    model is bracketed by teacher forwards; ``resolution`` None means the teacher's input size.
+    model is bracketed by teacher forwards.
     """
 
     def measure(models: Mapping[str, nn.Module]) -> float:
-        teacher = models["teacher"]
-        size = resolution or teacher.model_spec.input_size
-        comparison = compare_latency(
-            models, batch_size, size, repeats, warmup, threads, device, reference="teacher"
-        )
+        comparison = compare_latency(models, timing, reference="teacher")
         (other,) = [name for name in models if name != "teacher"]
         return comparison.reduction(other, "teacher")[0]
 
@@ -321,7 +310,7 @@ def match_latency(
     ``max_trials`` counts measurements; ``bounds`` limits the ratios tried.
     """
     _check_search(target_cut, tolerance, max_trials, bounds)
-    measure = measure or latency_measure()
+    measure = measure or latency_measure(Timing(resolution=model.model_spec.input_size, repeats=5))
     progress = progress or Progress()
     search = _Search(target_cut, tolerance, bounds)
     log: list[dict] = []

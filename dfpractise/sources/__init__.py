@@ -6,6 +6,7 @@ this package's ``__init__`` (no import cycle); importing this package registers 
 """
 
 from .base import (
+    SOURCES,
     ImageSource,
     SourceContext,
     TinySet,
@@ -20,6 +21,7 @@ from .real import RealFolderSource
 from .synthetic import DiffusionSource, SyntheticSource
 
 __all__ = [
+    "SOURCES",
     "DiffusionSource",
     "ImageSource",
     "OutOfDomainFolderSource",

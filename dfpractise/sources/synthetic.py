@@ -20,10 +20,15 @@ from .base import ImageSource, SourceContext, TinySet, register_source
 from .real import check_request
 
 
-class _SynthesizedSource(ImageSource):
-    """Shared plumbing: build the synthesizer from the context, run it through the cache."""
+class SynthesizedSource(ImageSource):
+    """Shared plumbing: build the synthesizer from the context, run it through the cache.
+
+    ``method`` names the registered synthesizer the source drives (``dfpractise synthesize
+    --method``); ``takes_pipeline`` says whether its folder (``root``) is a generative pipeline.
+    """
 
     method = ""
+    takes_pipeline = False
 
     def __init__(self, cache_dir: str | Path | None = None, rebuild_cache: bool = False, **options: Any):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
@@ -76,11 +81,13 @@ def default_cache_folder(settings: dict[str, Any]) -> Path:
 
 
 @register_source("synthetic")
-class SyntheticSource(_SynthesizedSource):
+class SyntheticSource(SynthesizedSource):
     """Data-free images inverted from the teacher's BatchNorm statistics (DeepInversion).
 
     ``options`` are ``synthesizers.BNInversion`` settings (steps, lr, batch_size, loss weights...).
     """
+
+    method = "bn-inversion"
 
     def build(self, context: SourceContext):
         from synthesizers import create_synthesizer
@@ -92,12 +99,15 @@ class SyntheticSource(_SynthesizedSource):
 
 
 @register_source("diffusion")
-class DiffusionSource(_SynthesizedSource):
+class DiffusionSource(SynthesizedSource):
     """Images from a diffusers pipeline (local folder or hub id), one per intended teacher class.
 
     ``options`` are ``synthesizers.diffusion.DiffusionSynthesizer`` settings (prompt_template,
     guidance_scale, steps, batch_size, class_ids...). Class names come from the teacher.
     """
+
+    method = "diffusion"
+    takes_pipeline = True
 
     def __init__(self, root: str | None = None, cache_dir: str | Path | None = None,
                  rebuild_cache: bool = False, **options: Any):
