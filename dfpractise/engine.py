@@ -149,8 +149,8 @@ def compress(
         final = compare_latency({"teacher": setup.teacher, "pruned": pruned}, setup.timing.longer(2),
                                 progress=progress, description="Verifying latency")
     # 8. The report
-    report = build_report(config, setup, tiny, selection, final, accuracy, pruned, latency, costs, recovery,
-                          timer.total())
+    report = build_report(config, setup.teacher, setup.weights_ref, tiny, selection, final, accuracy, pruned,
+                          latency, costs, recovery, timer.total())
     folder.finish(report)
     return CompressionResult(setup.teacher, pruned, selection.dropped, report, folder.path)
 

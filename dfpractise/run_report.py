@@ -7,7 +7,7 @@ nothing of how it was made.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -18,21 +18,19 @@ from .recoverability import BlockCosts
 from .recovery import RecoveryResult
 from .selection import Selection
 
-if TYPE_CHECKING:
-    from .engine import Setup
-
 TINY_SET_SUMMARY = ("method", "agreement", "bn_distance", "teacher_confidence", "cache", "generated_batches",
                     "synthesis_seconds")
 """The quality numbers of a synthesised set worth a line in the run report."""
 
 
-def build_report(config: RunConfig, setup: "Setup", tiny: Any, selection: Selection, final: LatencyComparison,
-                 accuracy: dict[str, dict] | None, pruned: nn.Module, latency: BlockLatencyProfile,
-                 costs: BlockCosts, recovery: RecoveryResult, phases: dict[str, float]) -> dict[str, Any]:
+def build_report(config: RunConfig, teacher: nn.Module, weights_ref: str | None, tiny: Any, selection: Selection,
+                 final: LatencyComparison, accuracy: dict[str, dict] | None, pruned: nn.Module,
+                 latency: BlockLatencyProfile, costs: BlockCosts, recovery: RecoveryResult,
+                 phases: dict[str, float]) -> dict[str, Any]:
     from .envinfo import environment_info
 
     reduction, q25, q75 = final.reduction("pruned", "teacher")
-    input_size = setup.spec.input_size
+    input_size = teacher.model_spec.input_size
 
     def side(name: str, model: nn.Module) -> dict[str, Any]:
         acc = (accuracy or {}).get(name, {})
@@ -59,7 +57,7 @@ def build_report(config: RunConfig, setup: "Setup", tiny: Any, selection: Select
     ]
     return {
         "model": config.model,
-        "weights": setup.weights_ref,
+        "weights": weights_ref,
         "source": config.data.source,
         "num_images": len(tiny),
         "skipped_images": tiny.skipped,
@@ -74,7 +72,7 @@ def build_report(config: RunConfig, setup: "Setup", tiny: Any, selection: Select
         },
         "target": {"latency_reduction": config.latency_reduction, "drop": config.drop},
         "dropped": selection.dropped,
-        "teacher": side("teacher", setup.teacher),
+        "teacher": side("teacher", teacher),
         "pruned": side("pruned", pruned),
         "latency": {
             "reduction": reduction,
