@@ -223,7 +223,11 @@ class RunFolder:
         if self.resume and saved is not None and saved.exists():
             if log is not None:
                 log(f"resuming: {kind.FILE} read from the run folder")
-            return kind.from_json(read_json(saved))  # type: ignore[attr-defined]
+            try:
+                return kind.from_json(read_json(saved))  # type: ignore[attr-defined]
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise DataError(f"{saved} is damaged or was written by another version; delete it to redo "
+                                "that phase, or start over with --overwrite") from None
         result = self.reuse.get(key) if key is not None else None
         if result is None:
             result = compute()

@@ -74,3 +74,15 @@ def test_each_finished_phase_is_read_back_not_redone(tmp_path, assets_dir):
     assert "Timing blocks" not in timed and "Scoring blocks" in timed
     assert (out / "latency.json").read_text() == saved_latency
     assert [b["name"] for b in result.report["blocks"]] == [b["name"] for b in json.loads(saved_latency)["blocks"]]
+
+
+def test_a_damaged_phase_file_is_one_clear_error(tmp_path, assets_dir):
+    out = tmp_path / "run"
+    config = _config(assets_dir)
+    with pytest.raises(KeyboardInterrupt):
+        compress(config, out, progress=interrupting_progress("Recovering", 2))
+    (out / "selection.json").write_text('{"blocks": ["layer1.1"]}')  # not a selection
+    from dfpractise.errors import DataError
+
+    with pytest.raises(DataError, match=r"selection\.json is damaged or was written by another version"):
+        compress(config, out, resume=True)
