@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from .config import RegistryRef, setting
+from .models.adapter import spec_of
 from .errors import ConfigError, DFPractiseError
 from .sources import SOURCES
 from .synthesis import synthesis_sources
@@ -133,6 +134,27 @@ def settings_from_options(options: dict[str, Any], pairs: tuple[str, ...] = ()) 
     return tree
 
 
+def model_options(command: Callable) -> Callable:
+    """The options that name a model and say what it does not: reference, weights, builder keywords,
+    input size and statistics (``run`` and ``blocks``)."""
+    for option in reversed([
+        setting_option("--model", path="model", required=command.__name__ == "blocks"),
+        setting_option("--weights", path="weights"),
+        click.option("--model-option", "model_option_pairs", multiple=True, metavar="KEY=VALUE",
+                     help="Keyword for the model's builder, e.g. image_size=32 (repeatable)."),
+        setting_option("--input-size", path="input_size", type=str, metavar="N|3xNxN"),
+        setting_option("--mean", path="mean", type=str, metavar="R,G,B"),
+        setting_option("--std", path="std", type=str, metavar="R,G,B"),
+    ]):
+        command = option(command)
+    return command
+
+
+def _with_model_options(overrides: dict[str, Any], pairs: tuple[str, ...]) -> dict[str, Any]:
+    options = _parse_options(pairs, "--model-option")
+    return {**overrides, "model_options": options} if options else overrides
+
+
 def _progress(quiet: bool):
     from .progress import Progress
 
@@ -147,8 +169,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe; options below override it.")
-@setting_option("--model", path="model")
-@setting_option("--weights", path="weights")
+@model_options
 @setting_option("--source", path="data.source", type=click.Choice(SOURCES.names()))
 @setting_option("--data", path="data.path")
 @setting_option("--num-images", path="data.num_images")
@@ -180,7 +201,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @handle_errors
-def run(recipe, synthesis_options, set_pairs, out_dir, resume, overwrite, quiet, as_json, **settings) -> None:
+def run(recipe, model_option_pairs, synthesis_options, set_pairs, out_dir, resume, overwrite, quiet, as_json,
+        **settings) -> None:
     """Compress a model: time blocks, score them, drop the best, recover, evaluate, save."""
     from .engine import compress
     from .recipe import overlay, resolve_config
@@ -190,7 +212,7 @@ def run(recipe, synthesis_options, set_pairs, out_dir, resume, overwrite, quiet,
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
     if resume and recipe is None and (Path(out_dir) / "recipe.yaml").exists():
         recipe = str(Path(out_dir) / "recipe.yaml")
-    overrides = settings_from_options(settings, set_pairs)
+    overrides = _with_model_options(settings_from_options(settings, set_pairs), model_option_pairs)
     synthesis = _parse_options(synthesis_options, "--synthesis-option")
     if synthesis:
         overrides = overlay({"data": {"synthesis": synthesis}}, overrides, keep_none=True)
@@ -206,8 +228,7 @@ def run(recipe, synthesis_options, set_pairs, out_dir, resume, overwrite, quiet,
 
 
 @main.command()
-@click.option("--model", required=True, help="Architecture name.")
-@click.option("--weights", help="Weights file or name (latency does not depend on them).")
+@model_options
 @setting_option("--batch-size", path="latency.batch_size", declared_default=True)
 @setting_option("--resolution", path="latency.resolution")
 @setting_option("--repeats", path="latency.repeats", declared_default=True)
@@ -216,26 +237,28 @@ def run(recipe, synthesis_options, set_pairs, out_dir, resume, overwrite, quiet,
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def blocks(model, weights, quiet, as_json, **settings) -> None:
-    """List droppable blocks in network order with their measured ΔLat."""
+def blocks(model_option_pairs, quiet, as_json, **settings) -> None:
+    """List droppable blocks in network order with their measured ΔLat (weights: random unless given)."""
     from .config import RunConfig
+    from .engine import load_teacher
     from .latency import Timing, profile_blocks
-    from .models import create_model
-    from .models.blocks import find_blocks
+    from .models.adapter import adapter_for
     from .report import blocks_table
 
-    config = RunConfig.from_dict(settings_from_options(settings))
-    network = create_model(model, weights=weights)
-    size = network.model_spec.input_size
-    candidates = find_blocks(network, size)
+    config = RunConfig.from_dict(_with_model_options(settings_from_options(settings), model_option_pairs))
+    model = config.model
+    network, _, _ = load_teacher(model, config.weights or "none", config)
+    size = spec_of(network).input_size
+    candidates = adapter_for(network, keep_stage_first=config.blocks.keep_stage_first,
+                             halves=config.blocks.halves).blocks
     timing = Timing.from_config(config.latency, size, config.device)
     profile = profile_blocks(network, candidates, timing, pool_identical=config.latency.pool_identical,
                              progress=_progress(quiet or as_json))
     rows = [
-        {"name": b.name, "stage": b.stage, "delta_lat": round(b.delta_lat, 3),
-         "delta_lat_raw": round(b.delta_lat_raw, 3), "spread": [round(v, 3) for v in b.spread],
-         "clamped": b.clamped}
-        for b in profile.blocks
+        {"name": b.name, "stage": b.stage, "unit": "block" if unit.part is None else "branch", "of": unit.module,
+         "delta_lat": round(b.delta_lat, 3), "delta_lat_raw": round(b.delta_lat_raw, 3),
+         "spread": [round(v, 3) for v in b.spread], "clamped": b.clamped}
+        for unit, b in zip(candidates, profile.blocks, strict=True)
     ]
     if as_json:
         _emit_json({"model": model, "teacher_ms": profile.teacher_ms, "batch_size": timing.batch_size,
@@ -263,7 +286,7 @@ def latency(run_dir, repeats, threads, device, quiet, as_json) -> None:
 
     loaded = load_run(run_dir)
     config = loaded.config
-    timing = Timing.from_config(config.latency, loaded.teacher.model_spec.input_size, device or config.device)
+    timing = Timing.from_config(config.latency, spec_of(loaded.teacher).input_size, device or config.device)
     timing = replace(timing, repeats=repeats or 2 * timing.repeats, threads=threads or timing.threads)
     comparison = compare_latency({"teacher": loaded.teacher, "pruned": loaded.pruned}, timing,
                                  progress=_progress(quiet or as_json))
@@ -303,7 +326,7 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
     from .runs import load_run
 
     loaded = load_run(run_dir)
-    cfg = loaded.teacher.model_spec
+    cfg = spec_of(loaded.teacher)
     scores = evaluate_models({"teacher": loaded.teacher, "pruned": loaded.pruned}, data_path, cfg.mean,
                              cfg.std, cfg.input_size, batch_size=batch_size, device=device,
                              progress=_progress(quiet or as_json))

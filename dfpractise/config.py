@@ -62,6 +62,35 @@ def _open_unit_interval(value: float | None) -> float | None:
     return value
 
 
+def _input_size(value: Any) -> Any:
+    """``32``, ``"32"`` or ``"3x32x32"``: inputs are square RGB images."""
+    if not isinstance(value, str):
+        return value
+    parts = value.lower().replace(" ", "").split("x")
+    if not all(p.isdigit() for p in parts) or len(parts) not in (1, 3):
+        raise ValueError(f"input_size must be N or CxHxW (e.g. 224 or 3x224x224), got {value!r}")
+    if len(parts) == 3 and (parts[0] != "3" or parts[1] != parts[2]):
+        raise ValueError(f"input_size {value!r}: only square RGB inputs (3xNxN) are supported")
+    return int(parts[-1])
+
+
+def _three_numbers(value: Any) -> Any:
+    """``[0.5, 0.5, 0.5]`` or ``"0.5,0.5,0.5"``: one number per RGB channel."""
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise ValueError(f"expected three numbers such as 0.485,0.456,0.406, got {value!r}") from None
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(value, tuple) and len(value) != 3:
+        raise ValueError(f"expected one number per RGB channel (three), got {len(value)}")
+    return value
+
+
+RGB = Annotated[tuple[float, float, float] | None, BeforeValidator(_three_numbers)]
+
+
 def _as_tuple(value: Any) -> Any:
     """YAML has lists, not tuples; ``milestones: 0.5`` is a list of one."""
     if isinstance(value, list):
@@ -163,11 +192,29 @@ class RecoveryConfig(Settings):
                                   "interruption).")
 
 
+class BlocksConfig(Settings):
+    """Which units of the model may be dropped (found from its recorded forward)."""
+
+    keep_stage_first: bool = Field(True, description="Never drop the first block of a stage (the paper's "
+                                   "convention: it opens the stage).")
+    halves: bool = Field(True, description="Offer each branch of a multi-branch block (a transformer layer's "
+                         "attention and MLP) as a unit of its own, beside the whole block.")
+
+
 class RunConfig(Settings):
     """Everything one ``dfpractise run`` needs."""
 
-    model: str = Field("cifar10_resnet56", description="Architecture name (see `dfpractise models`).")
-    weights: str | None = Field(None, description="Weights file or known weights name.")
+    model: str = Field("cifar10_resnet56", description="A registered name (see `dfpractise models`), a "
+                       "torchvision name (resnet101, vit_b_16...), timm/NAME, or FILE.py:FUNCTION / "
+                       "package.module:FUNCTION returning an nn.Module.")
+    weights: str | None = Field(None, description="Weights file, known weights name or torchvision enum name; "
+                                "'none' for random weights (default: the registered model's own).")
+    model_options: dict[str, Any] = Field(default_factory=dict, description="Keywords for the model's builder "
+                                          "(image_size=32 for a torchvision ViT, img_size=32 for timm's).")
+    input_size: Annotated[Annotated[int, Field(ge=8)] | None, BeforeValidator(_input_size)] = Field(
+        None, description="Input side N (or 3xNxN) where the model does not say or says otherwise.")
+    mean: RGB = Field(None, description="Per-channel input mean, e.g. 0.485,0.456,0.406 (default: the model's).")
+    std: RGB = Field(None, description="Per-channel input std, e.g. 0.229,0.224,0.225 (default: the model's).")
     latency_reduction: Annotated[float | None, AfterValidator(_open_unit_interval)] = Field(
         0.3, description="Target cut of measured latency, e.g. 0.3.")
     drop: int | None = Field(None, ge=1, description="Drop this many blocks instead of a latency target.")
@@ -176,6 +223,7 @@ class RunConfig(Settings):
         "that reaches it, or greedily by score.")
     seed: int = Field(0, description="Seed of the tiny-set draw, augmentations and fits: same seed, same blocks.")
     device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
+    blocks: BlocksConfig = Field(default_factory=BlocksConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)

@@ -26,7 +26,9 @@ from .augment import normalize, train_augmentation
 from .config import RunConfig
 from .errors import ConfigError, TargetError
 from .latency import BlockLatencyProfile, Timing, compare_latency, cut_measure, profile_blocks
-from .models.blocks import Block, drop_blocks, find_blocks
+from .models.adapter import ModelAdapter, adapter_for, set_spec, spec_of
+from .models.reference import reference_of, with_overrides
+from .models.blocks import Block
 from .models.registry import ModelSpec
 from .progress import Progress
 from .recoverability import BlockCosts, DropCost, ScoringContext, create_drop_cost
@@ -72,10 +74,17 @@ class Setup:
     teacher: nn.Module
     weights_ref: str | None
     weights_sha: str | None
-    spec: ModelSpec
-    blocks: list[Block]
+    adapter: ModelAdapter
     drop_cost: DropCost
     timing: Timing
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.adapter.spec
+
+    @property
+    def blocks(self) -> list[Block]:
+        return self.adapter.blocks
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.spec.mean, self.spec.std)
@@ -132,16 +141,16 @@ def compress(
     # 5. Which blocks to drop, confirmed by measurement
     with timer("selection"):
         selection = folder.phase(Selection, lambda: select_for(config, setup, latency, costs, progress))
-        pruned = drop_blocks(setup.teacher, selection.dropped, setup.spec.input_size)
+        pruned = setup.adapter.drop(selection.dropped)
     progress.log(f"dropping {len(selection.dropped)} blocks: {', '.join(selection.dropped)}")
     # 6. Recovery on the tiny set, then the model leaves in the run folder
     with timer("recovery"):
         recovery = recover(pruned, setup.teacher, tiny.images, config.recovery, augment, setup.normalize,
                            labels=tiny.labels, seed=config.seed, device=config.device, progress=progress,
-                           checkpoint=folder.checkpoint)
+                           checkpoint=folder.checkpoint, adapter=setup.adapter)
     folder.save_model(pruned, setup.teacher, runs.make_manifest(
-        config.model, setup.spec.num_classes, setup.weights_ref, setup.weights_sha, selection.dropped,
-        setup.spec.input_size))
+        config.model, setup.spec, setup.weights_ref, setup.weights_sha, selection.dropped,
+        reference_of(setup.teacher), setup.adapter.options))
     # 7. Accuracy on held-out images, latency verified in this process
     with timer("evaluation"):
         accuracy = evaluate(config, setup, pruned, progress)
@@ -159,31 +168,29 @@ def prepare(config: RunConfig, teacher: nn.Module | None = None, drop_cost: Drop
     """Load the teacher, find its droppable blocks, and refuse a target they cannot meet by count."""
     if teacher is not None:
         weights_ref, weights_sha = config.weights, None
+        spec = spec_of(teacher)
+        set_spec(teacher, with_overrides(spec, config.input_size, config.mean, config.std))
     else:
-        teacher, weights_ref, weights_sha = load_teacher(config.model, config.weights)
-    spec = teacher.model_spec
-    blocks = find_blocks(teacher, spec.input_size)
-    if not blocks:
-        raise ConfigError(f"{config.model} has no droppable residual blocks")
-    if config.drop is not None and config.drop > len(blocks):
-        raise TargetError(
-            f"asked to drop {config.drop} blocks but {config.model} has only {len(blocks)} droppable blocks"
-        )
-    timing = Timing.from_config(config.latency, spec.input_size, config.device)
-    return Setup(teacher, weights_ref, weights_sha, spec, blocks,
-                 drop_cost or create_drop_cost(config.scoring.scorer), timing)
+        teacher, weights_ref, weights_sha = load_teacher(config.model, config.weights, config)
+    adapter = adapter_for(teacher, keep_stage_first=config.blocks.keep_stage_first, halves=config.blocks.halves)
+    groups = len({b.group for b in adapter.blocks})
+    if config.drop is not None and config.drop > groups:
+        raise TargetError(f"asked to drop {config.drop} blocks but {config.model} has only {groups} droppable blocks")
+    timing = Timing.from_config(config.latency, adapter.spec.input_size, config.device)
+    return Setup(teacher, weights_ref, weights_sha, adapter, drop_cost or create_drop_cost(config.scoring.scorer),
+                 timing)
 
 
-def load_teacher(model: str, weights: str | None) -> tuple[nn.Module, str, str]:
-    """(model with weights, weights reference, sha256 of the weights file); weights default per model."""
-    from .models import create_model, get_model_spec
-    from .models.weights import resolve_weights, weights_sha256
+def load_teacher(model: str, weights: str | None, config: RunConfig | None = None) -> tuple[nn.Module, str | None,
+                                                                                      str | None]:
+    """(model with weights, weights reference, sha256 of the weights file); ``config`` adds the model
+    options and input overrides of a run. ``weights`` None: the registered model's default."""
+    from .models.reference import load_model
 
-    ref = weights or get_model_spec(model).default_weights
-    if ref is None:
-        raise ConfigError(f"no weights given for {model}; pass --weights FILE or a known weights name")
-    path = resolve_weights(ref)
-    return create_model(model, weights=str(path)), ref, weights_sha256(path)
+    if config is None:
+        return load_model(model, weights)
+    return load_model(model, weights, options=config.model_options, input_size=config.input_size,
+                      mean=config.mean, std=config.std)
 
 
 def load_tiny_set(config: RunConfig, teacher: nn.Module, teacher_id: str | None = None,
@@ -197,7 +204,7 @@ def load_tiny_set(config: RunConfig, teacher: nn.Module, teacher_id: str | None 
     progress = progress or Progress()
     source = source or source_from_config(config.data)
     context = SourceContext.for_teacher(teacher, teacher_id=teacher_id, device=config.device, progress=progress)
-    args = (config.data.num_images, teacher.model_spec.input_size, config.seed)
+    args = (config.data.num_images, context.input_size, config.seed)
     if "context" not in inspect.signature(source.load).parameters:
         return source.load(*args)  # a source written before sources had a context
     return source.load(*args, context=context)
@@ -221,7 +228,7 @@ def score_blocks(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, 
     context = ScoringContext(
         teacher=setup.teacher, blocks=setup.blocks, delta_lat={b.name: b.delta_lat for b in latency.blocks},
         images=images, augment=augment, normalize=setup.normalize, config=config.scoring, seed=config.seed,
-        device=torch.device(config.device), progress=progress,
+        device=torch.device(config.device), progress=progress, adapter=setup.adapter,
     )
     name = setup.drop_cost.name or type(setup.drop_cost).__name__
     return BlockCosts(name, setup.drop_cost(context))
@@ -230,7 +237,7 @@ def score_blocks(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, 
 def select_for(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, costs: BlockCosts,
                progress: Progress) -> Selection:
     """``select_blocks`` for this run's target, measuring on the teacher with the run's timing."""
-    scores = [BlockScore(b.name, b.stage, b.step, lat.delta_lat, float(costs.costs[b.name]))
+    scores = [BlockScore(b.name, b.stage, b.step, lat.delta_lat, float(costs.costs[b.name]), b.group)
               for b, lat in zip(setup.blocks, latency.blocks, strict=True)]
     return select_blocks(
         scores, cut_measure(setup.teacher, setup.timing, progress), target=config.latency_reduction,

@@ -230,11 +230,11 @@ def profile_blocks(
     progress = progress or Progress()
     ratios: dict[str, list[float]] = {}
     teacher_times: list[float] = []
-    input_size = model.model_spec.input_size if hasattr(model, "model_spec") else timing.resolution
-    variants = [(b.name, [b.name]) for b in blocks] + [("<all>", [b.name for b in blocks])]
+    whole = [b.name for b in blocks if getattr(b, "part", None) is None]  # a block's branches go with it
+    variants = [(b.name, [b.name]) for b in blocks] + [("<all>", whole)]
     with progress.task("Timing blocks", total=len(variants)) as task:
         for name, dropped in variants:
-            comparison = compare_latency({"teacher": model, name: drop_blocks(model, dropped, input_size)}, timing)
+            comparison = compare_latency({"teacher": model, name: drop_blocks(model, dropped)}, timing)
             ratios[name] = [
                 (ref - t) / ref for ref, t in zip(comparison.paired[name], comparison.times[name], strict=True)
             ]
@@ -270,9 +270,10 @@ def profile_blocks(
 
 
 def _signature(model: nn.Module, block) -> tuple:
+    """Blocks (or branches) of one stage that do identical work: same type, same parameter shapes."""
     module = model.get_submodule(block.name)
     shapes = tuple((n, tuple(p.shape)) for n, p in module.named_parameters())
-    return (block.stage, type(module).__name__, shapes)
+    return (block.stage, block.part, type(module).__name__, shapes)
 
 
 def cut_measure(model: nn.Module, timing: Timing, progress: Progress | None = None):

@@ -16,6 +16,7 @@ names one is ``scoring.scorer`` (``--scorer``).
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from abc import ABC, abstractmethod
@@ -29,7 +30,8 @@ from torch import nn
 
 from .config import ScoringConfig
 from .errors import ConfigError
-from .models.blocks import Block, Step, branch_convs, feature_steps, shortcut_convs, stage_steps
+from .models.adapter import ModelAdapter, Stage, adapter_for
+from .models.blocks import Block
 from .progress import Progress
 
 
@@ -47,6 +49,7 @@ class ScoringContext:
     seed: int = 0
     device: torch.device = torch.device("cpu")
     progress: Progress | None = None
+    adapter: ModelAdapter | None = None  # the teacher's (its own is used when not given)
 
 
 @dataclass
@@ -124,9 +127,7 @@ class RecoverabilityCost(DropCost):
         if context.images is None or len(context.images) == 0:
             raise ConfigError("the recoverability scorer needs a tiny set of images")
         teacher = context.teacher
-        steps = feature_steps(teacher)
-        stages = sorted({b.stage for b in context.blocks})
-        starts = {s: stage_steps(steps, s)[0].index for s in stages}
+        adapter = context.adapter or adapter_for(teacher)
         channels_last = context.device.type == "cpu"
         requires_grad = {n: p.requires_grad for n, p in teacher.named_parameters()}
         was_training = teacher.training
@@ -134,10 +135,9 @@ class RecoverabilityCost(DropCost):
         if channels_last:
             teacher.to(memory_format=torch.channels_last)
         try:
-            views = _make_views(context)
-            stage_inputs, targets = _cache_activations(
-                steps, views, starts, context.config.batch_size, channels_last
-            )
+            views = _make_views(context, channels_last)
+            stages = [adapter.stages[s] for s in sorted({b.stage for b in context.blocks})]
+            runs, targets = _cache_activations(adapter, stages, views, context.config.batch_size)
             clean = len(context.images)
             config = context.config
             progress = context.progress or Progress()
@@ -146,11 +146,11 @@ class RecoverabilityCost(DropCost):
             with progress.task("Scoring blocks", total=len(todo) * config.iterations) as task:
                 for block in todo:
                     started = time.perf_counter()
-                    generator = torch.Generator().manual_seed(context.seed * 1000 + block.step)
-                    torch.manual_seed(context.seed * 1000 + block.step)
+                    generator = torch.Generator().manual_seed(block_seed(context.seed, block.name))
+                    torch.manual_seed(block_seed(context.seed, block.name))
                     costs[block.name] = _fit_adaptors(
-                        steps, block, stage_inputs[block.stage], targets, clean, config,
-                        generator, channels_last, lambda loss, b=block.name: task.advance(1, block=b, loss=loss),
+                        adapter, block, runs[block.stage], targets, clean, config, generator,
+                        lambda loss, b=block.name: task.advance(1, block=b, loss=loss),
                     )
                     if self.on_block is not None:
                         self.on_block(block.name, costs[block.name], time.perf_counter() - started)
@@ -163,7 +163,14 @@ class RecoverabilityCost(DropCost):
         return costs
 
 
-def _make_views(context: ScoringContext) -> torch.Tensor:
+def block_seed(seed: int, name: str) -> int:
+    """The seed of one block's fit: from the run's seed and the block's name alone, so a block
+    costs the same whichever other blocks are candidates."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _make_views(context: ScoringContext, channels_last: bool) -> torch.Tensor:
     """The clean tiny set followed by ``views - 1`` fixed augmented copies, normalised."""
     torch.manual_seed(context.seed)
     images = context.images.to(context.device)
@@ -171,149 +178,221 @@ def _make_views(context: ScoringContext) -> torch.Tensor:
     for _ in range(context.config.views - 1):
         augmented = [context.augment(chunk) for chunk in images.split(context.config.batch_size)]
         views.append(torch.cat(augmented))
-    return context.normalize(torch.cat(views))
+    views = context.normalize(torch.cat(views))
+    return views.contiguous(memory_format=torch.channels_last) if channels_last else views
+
+
+@dataclass
+class StageRun:
+    """How to run the network from a stage's entry: its cached input, replayed, or from the images.
+
+    The part of the network before a stage is frozen and unchanged by any hole in it, so the input
+    of the stage's opening module is computed once per view. Replaying it needs no knowledge of
+    the model's code: the model is called on an empty batch and a hook on the opening module swaps
+    in the cached input (checked once against a full forward; where the model's code does not
+    allow it, the stage runs from the images instead).
+    """
+
+    entry: str
+    inputs: torch.Tensor | None  # the opening module's cached input per view, or None: use ``views``
+    views: torch.Tensor
+
+    def features(self, adapter: ModelAdapter, model: nn.Module, index: torch.Tensor | slice) -> torch.Tensor:
+        if self.inputs is None:
+            return adapter.features(model, self.views[index])
+        cached = self.inputs[index]
+        handle = model.get_submodule(self.entry).register_forward_pre_hook(lambda module, args: (cached,))
+        try:
+            return adapter.features(model, self.views[:0])
+        finally:
+            handle.remove()
 
 
 def _cache_activations(
-    steps: list[Step],
-    views: torch.Tensor,
-    starts: dict[int, int],
-    batch_size: int,
-    channels_last: bool,
-) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Teacher activations entering each scored stage, and the teacher's final features."""
-    inputs: dict[int, list[torch.Tensor]] = {s: [] for s in starts}
+    adapter: ModelAdapter, stages: list[Stage], views: torch.Tensor, batch_size: int,
+) -> tuple[dict[int, StageRun], torch.Tensor]:
+    """Each scored stage's entry input for every view, and the teacher's final features."""
+    model = adapter.model
+    inputs: dict[int, list[torch.Tensor]] = {s.index: [] for s in stages if s.replayable}
     finals = []
-    stage_at = {index: s for s, index in starts.items()}
-    with torch.no_grad():
-        for x in views.split(batch_size):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for step in steps:
-                if step.index in stage_at:
-                    inputs[stage_at[step.index]].append(x)
-                x = step.module(x)
-            finals.append(x)
-    return {s: torch.cat(v) for s, v in inputs.items()}, torch.cat(finals)
+    handles = [model.get_submodule(s.members[0]).register_forward_pre_hook(
+        lambda module, args, i=s.index: inputs[i].append(args[0])) for s in stages if s.replayable]
+    try:
+        with torch.no_grad():
+            for x in views.split(batch_size):
+                finals.append(adapter.features(model, x))
+    finally:
+        for handle in handles:
+            handle.remove()
+    targets = torch.cat(finals)
+    runs = {}
+    for stage in stages:
+        run = StageRun(stage.members[0], torch.cat(inputs[stage.index]) if stage.index in inputs else None, views)
+        if run.inputs is not None and not _replays(adapter, run, targets, batch_size):
+            run = StageRun(stage.members[0], None, views)
+        runs[stage.index] = run
+    return runs, targets
+
+
+def _replays(adapter: ModelAdapter, run: StageRun, targets: torch.Tensor, batch_size: int) -> bool:
+    """Whether feeding the cached entry input gives the teacher's features (first batch)."""
+    n = min(batch_size, len(targets))
+    try:
+        with torch.no_grad():
+            replayed = run.features(adapter, adapter.model, slice(0, n))
+    except Exception:  # the model's code needs the real batch before the stage
+        return False
+    return replayed.shape == targets[:n].shape and torch.allclose(replayed, targets[:n], rtol=1e-4, atol=1e-5)
 
 
 def _fit_adaptors(
-    steps: list[Step],
+    adapter: ModelAdapter,
     block: Block,
-    stage_input: torch.Tensor,
+    run: StageRun,
     targets: torch.Tensor,
     clean: int,
     config: ScoringConfig,
     generator: torch.Generator,
-    channels_last: bool,
     on_step: Callable[[float], None],
 ) -> float:
     """Fit adaptors around the hole left by ``block``; return the feature MSE on the clean set."""
-    student = [s for s in steps if s.index >= stage_steps(steps, block.stage)[0].index and s.name != block.name]
-    adaptors, handles = attach_adaptors(steps, block)
-    adaptors.to(stage_input.device)  # made on the CPU; the cached activations may live on a GPU
-    if channels_last:
-        adaptors.to(memory_format=torch.channels_last)
-    try:
-        identity_error = _clean_error(student, stage_input, targets, clean, config.batch_size)
-        if config.iterations > 0 and len(adaptors) > 0:
-            optimizer = torch.optim.SGD(
-                adaptors.parameters(), lr=config.lr, momentum=config.momentum,
-                weight_decay=config.weight_decay,
-            )
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer, milestones=[max(1, int(0.4 * config.iterations))], gamma=0.1
-            )
-            total = len(stage_input)
-            low = clean if total > clean else 0
-            for done in range(config.iterations):
-                index = torch.randint(low, total, (min(config.batch_size, total - low),), generator=generator)
-                loss = F.mse_loss(_run(student, stage_input[index]), targets[index])
-                if not torch.isfinite(loss):
-                    for _ in range(done, config.iterations):
-                        on_step(float("nan"))
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                on_step(loss.item())
-        else:
-            for _ in range(config.iterations):
-                on_step(float("nan"))
-        fitted = _clean_error(student, stage_input, targets, clean, config.batch_size)
-        # identity adaptors are always available, so the recoverable error is never worse than
-        # theirs; this also keeps a diverged fit (lr too high for the feature scale) harmless
-        return fitted if fitted == fitted and fitted < identity_error else identity_error
-    finally:
-        for handle in handles:
-            handle.remove()
+    with adapter.holes([block.name]) as student:
+        adaptors, handles = attach_adaptors(adapter, student, block)
+        adaptors.to(targets.device)  # made on the CPU; the cached activations may live on a GPU
+        if targets.device.type == "cpu":
+            adaptors.to(memory_format=torch.channels_last)
+        try:
+            identity_error = _clean_error(adapter, student, run, targets, clean, config.batch_size)
+            if config.iterations > 0 and len(adaptors) > 0:
+                optimizer = torch.optim.SGD(
+                    adaptors.parameters(), lr=config.lr, momentum=config.momentum,
+                    weight_decay=config.weight_decay,
+                )
+                scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                    optimizer, milestones=[max(1, int(0.4 * config.iterations))], gamma=0.1
+                )
+                total = len(targets)
+                low = clean if total > clean else 0
+                for done in range(config.iterations):
+                    index = torch.randint(low, total, (min(config.batch_size, total - low),), generator=generator)
+                    loss = F.mse_loss(run.features(adapter, student, index), targets[index])
+                    if not torch.isfinite(loss):
+                        for _ in range(done, config.iterations):
+                            on_step(float("nan"))
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    on_step(loss.item())
+            else:
+                for _ in range(config.iterations):
+                    on_step(float("nan"))
+            fitted = _clean_error(adapter, student, run, targets, clean, config.batch_size)
+        finally:
+            for handle in handles:
+                handle.remove()
+    # identity adaptors are always available, so the recoverable error is never worse than
+    # theirs; this also keeps a diverged fit (lr too high for the feature scale) harmless
+    return fitted if fitted == fitted and fitted < identity_error else identity_error
 
 
-def _clean_error(student, stage_input, targets, clean: int, batch_size: int) -> float:
+def _clean_error(adapter: ModelAdapter, student: nn.Module, run: StageRun, targets: torch.Tensor, clean: int,
+                 batch_size: int) -> float:
     """Feature MSE on the un-augmented tiny set (the first ``clean`` cached rows)."""
     error = 0.0
     with torch.no_grad():
         for start in range(0, clean, batch_size):
             stop = min(start + batch_size, clean)
-            out = _run(student, stage_input[start:stop])
+            out = run.features(adapter, student, slice(start, stop))
             error += F.mse_loss(out, targets[start:stop], reduction="sum").item()
     return error / targets[:clean].numel()
 
 
-def _run(steps: list[Step], x: torch.Tensor) -> torch.Tensor:
-    for step in steps:
-        x = step.module(x)
-    return x
-
-
-def identity_adaptor(channels: int) -> nn.Conv2d:
-    """A C→C 1x1 convolution without bias that starts as the identity."""
-    conv = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
+def identity_adaptor(channels: int, layout: str = "channels") -> nn.Module:
+    """A C→C map without bias that starts as the identity: a 1x1 convolution for NCHW tensors
+    (``layout="channels"``), a linear map on the last dimension for tokens (N, L, C) and
+    channels-last (N, H, W, C) tensors (``layout="last"``)."""
+    if layout == "channels":
+        conv = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+        return conv
+    linear = nn.Linear(channels, channels, bias=False)
     with torch.no_grad():
-        conv.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
-    return conv
+        linear.weight.copy_(torch.eye(channels))
+    return linear
 
 
-def attach_adaptors(steps: list[Step], block: Block) -> tuple[nn.ModuleList, list]:
+def attach_adaptors(adapter: ModelAdapter, model: nn.Module, block: Block) -> tuple[nn.ModuleList, list]:
     """Hook adaptors around the hole (PRACTISE.md 3.2), never on a skip path.
 
-    Before the hole (same stage): on the output of each block's residual branch, before its last
-    BatchNorm (a hook on the branch's last conv). After it: on the input of each residual branch up
-    to and including the first block of the next stage, and on that block's projection shortcut.
+    The stage is a sequence of branches (one per block for a CNN, two for a transformer layer).
+    Before the hole: on the output of each branch's last conv/linear map (before its last BN).
+    After it: on the input of each branch's first one, up to and including the first block of
+    the next stage (its branch and its projection shortcut).
     """
     adaptors = nn.ModuleList()
     handles = []
-    stage = stage_steps(steps, block.stage)
-    last_index = stage[-1].index
-    following = steps[last_index + 1] if last_index + 1 < len(steps) else None
-    after = [s for s in stage if s.index > block.step]
-    if following is not None and following.residual:
-        after.append(following)
-    for step in stage:
-        if step.index < block.step:
-            conv = branch_convs(step.module)[-1]
-            adaptor = identity_adaptor(conv.out_channels)
-            handles.append(conv.register_forward_hook(_output_hook(adaptor)))
-            adaptors.append(adaptor)
-    for step in after:
-        entry_convs = branch_convs(step.module)[:1] + shortcut_convs(step.module)[:1]
-        for conv in entry_convs:
-            adaptor = identity_adaptor(conv.in_channels)
-            handles.append(conv.register_forward_pre_hook(_input_hook(adaptor)))
-            adaptors.append(adaptor)
+    stage = adapter.stage(block)
+    hole = stage.members.index(block.module)
+    for position, member in enumerate(stage.members):
+        branches = list(adapter.anatomy(member).branches)
+        if position < hole:
+            before, after = branches, []
+        elif position > hole:
+            before, after = [], branches
+        elif block.part is None:
+            continue
+        else:
+            before, after = branches[:block.part], branches[block.part + 1:]
+        for branch in before:
+            if branch.last is not None:
+                _hook_output(model.get_submodule(f"{member}.{branch.last}"), adaptors, handles)
+        for branch in after:
+            if branch.first is not None:
+                _hook_input(model.get_submodule(f"{member}.{branch.first}"), adaptors, handles)
+    if stage.following is not None:
+        anatomy = adapter.anatomy(stage.following)
+        for branch in anatomy.branches + ((anatomy.shortcut,) if anatomy.shortcut else ()):
+            if branch.first is not None:
+                _hook_input(model.get_submodule(f"{stage.following}.{branch.first}"), adaptors, handles)
     return adaptors, handles
 
 
-def _output_hook(adaptor: nn.Module):
-    def hook(module, args, output):
+def _layout(module: nn.Module, side: str) -> tuple[int, str]:
+    """(channels, layout) of the tensor entering (``side="in"``) or leaving a conv/linear map."""
+    if isinstance(module, nn.Conv2d):
+        return (module.in_channels if side == "in" else module.out_channels), "channels"
+    if isinstance(module, nn.Linear):
+        return (module.in_features if side == "in" else module.out_features), "last"
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim, "last"
+    raise ConfigError(f"no adaptor for a {type(module).__name__} (conv2d, linear and attention only)")
+
+
+def _hook_input(module: nn.Module, adaptors: nn.ModuleList, handles: list) -> None:
+    if not isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
+        return
+    adaptor = identity_adaptor(*_layout(module, "in"))
+    adaptors.append(adaptor)
+
+    def hook(mod, args):  # attention takes its input three times (query, key, value)
+        adapted = adaptor(args[0])
+        return tuple(adapted if a is args[0] else a for a in args)
+
+    handles.append(module.register_forward_pre_hook(hook))
+
+
+def _hook_output(module: nn.Module, adaptors: nn.ModuleList, handles: list) -> None:
+    if not isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
+        return
+    adaptor = identity_adaptor(*_layout(module, "out"))
+    adaptors.append(adaptor)
+
+    def hook(mod, args, output):
+        if isinstance(output, tuple):
+            return (adaptor(output[0]),) + output[1:]
         return adaptor(output)
 
-    return hook
-
-
-def _input_hook(adaptor: nn.Module):
-    def hook(module, args):
-        return (adaptor(args[0]),) + tuple(args[1:])
-
-    return hook
+    handles.append(module.register_forward_hook(hook))

@@ -27,15 +27,17 @@ from torch import nn
 
 from .config import RecoveryConfig
 from .errors import ConfigError
-from .models.blocks import feature_steps
+from .models.adapter import ModelAdapter, adapter_for
 from .progress import Progress
 from .interrupt import deferred_interrupt
 
 
 
 class RecoveryLoss(Protocol):
-    def __call__(self, student: nn.Module, teacher: nn.Module, x: torch.Tensor, target: torch.Tensor | None,
-                 config: RecoveryConfig) -> torch.Tensor: ...
+    """The loss of one batch; ``adapter`` (the teacher's) reads the features of either model."""
+
+    def __call__(self, adapter: ModelAdapter, student: nn.Module, teacher: nn.Module, x: torch.Tensor,
+                 target: torch.Tensor | None, config: RecoveryConfig) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,16 @@ def recover(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
     checkpoint: str | Path | None = None,
+    adapter: ModelAdapter | None = None,
 ) -> RecoveryResult:
-    """Train ``student`` in place to recover the teacher's behaviour on ``images``."""
+    """Train ``student`` in place to recover the teacher's behaviour on ``images``.
+
+    ``adapter`` is the teacher's (``adapter_for(teacher)`` when not given): where the features
+    are read and which parameters form the head, for the student too (a pruned copy keeps the
+    teacher's module names).
+    """
     method = config.method
+    adapter = adapter or adapter_for(teacher)
     spec = RECOVERY_METHODS.get(method)
     if spec.loss is None or config.iterations == 0:
         return RecoveryResult(method, 0, None)
@@ -99,7 +108,7 @@ def recover(
     teacher.requires_grad_(False)
     images = images.to(device)
     labels = labels.to(device) if labels is not None else None
-    params = _trainable(student, spec.features_only)
+    params = _trainable(adapter, student, spec.features_only)
     lr = config.lr if config.lr is not None else spec.default_lr
     optimizer = torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     milestones = sorted({max(1, int(m * config.iterations)) for m in config.milestones})
@@ -125,7 +134,7 @@ def recover(
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 target = labels[index] if labels is not None else None
-                loss = loss_fn(student, teacher, x, target, config)
+                loss = loss_fn(adapter, student, teacher, x, target, config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -151,18 +160,9 @@ def recover(
     return result
 
 
-def _trainable(student: nn.Module, features_only: bool) -> list[nn.Parameter]:
+def _trainable(adapter: ModelAdapter, student: nn.Module, features_only: bool) -> list[nn.Parameter]:
     """MiR trains the feature extractor only: the head must stay the teacher's."""
-    if features_only:
-        seen: set[int] = set()
-        params = []
-        for step in feature_steps(student):
-            for p in step.module.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
-    else:
-        params = list(student.parameters())
+    params = adapter.trainable_parameters(student) if features_only else list(student.parameters())
     for p in student.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -170,20 +170,20 @@ def _trainable(student: nn.Module, features_only: bool) -> list[nn.Parameter]:
     return params
 
 
-def _mir_loss(student, teacher, x, target, config) -> torch.Tensor:
+def _mir_loss(adapter, student, teacher, x, target, config) -> torch.Tensor:
     with torch.no_grad():
-        wanted = teacher.forward_features(x)
-    return F.mse_loss(student.forward_features(x), wanted)
+        wanted = adapter.features(teacher, x)
+    return F.mse_loss(adapter.features(student, x), wanted)
 
 
-def _kd_loss(student, teacher, x, target, config) -> torch.Tensor:
+def _kd_loss(adapter, student, teacher, x, target, config) -> torch.Tensor:
     t = config.kd_temperature
     with torch.no_grad():
         wanted = F.softmax(teacher(x) / t, dim=1)
     return F.kl_div(F.log_softmax(student(x) / t, dim=1), wanted, reduction="batchmean") * t * t
 
 
-def _bp_loss(student, teacher, x, target, config) -> torch.Tensor:
+def _bp_loss(adapter, student, teacher, x, target, config) -> torch.Tensor:
     return F.cross_entropy(student(x), target)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from .complexity import count_macs, count_params
 from .config import RunConfig
 from .latency import BlockLatencyProfile, LatencyComparison
+from .models.adapter import spec_of
 from .recoverability import BlockCosts
 from .recovery import RecoveryResult
 from .selection import Selection
@@ -30,7 +31,7 @@ def build_report(config: RunConfig, teacher: nn.Module, weights_ref: str | None,
     from .envinfo import environment_info
 
     reduction, q25, q75 = final.reduction("pruned", "teacher")
-    input_size = teacher.model_spec.input_size
+    input_size = spec_of(teacher).input_size
 
     def side(name: str, model: nn.Module) -> dict[str, Any]:
         acc = (accuracy or {}).get(name, {})

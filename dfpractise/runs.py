@@ -49,22 +49,29 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 
 def make_manifest(
     architecture: str,
-    num_classes: int,
+    spec: Any,
     weights: str | None,
     weights_sha256: str | None,
     dropped: list[str],
-    input_size: int,
+    reference: Any = None,
+    blocks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """What rebuilds the pruned model: the architecture (and how it was built), what it expects
+    as input, the teacher's weights (or where they are kept) and the units dropped."""
     return {
         "format": MANIFEST_FORMAT,
         "architecture": architecture,
-        "num_classes": num_classes,
+        "reference": reference.to_json() if reference is not None else None,
+        "num_classes": spec.num_classes,
+        "input_size": spec.input_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
         "weights": weights,
         "weights_sha256": weights_sha256,
         "teacher_weights": TEACHER_WEIGHTS if weights is None else None,
+        "blocks": dict(blocks or {}),
         "dropped": list(dropped),
         "pruned_weights": WEIGHTS,
-        "input_size": input_size,
     }
 
 
@@ -88,9 +95,17 @@ class LoadedRun:
 
 def build_teacher(manifest: dict[str, Any], run_dir: Path | None = None) -> nn.Module:
     """The teacher the manifest names, with its weights (checksum verified when recorded)."""
-    from .models import create_model
-    from .models.weights import resolve_weights, weights_sha256
+    from dataclasses import replace
 
+    from .models.adapter import set_spec
+    from .models.reference import ModelReference, build, parse_reference
+    from .models.weights import load_weights, resolve_weights, weights_sha256
+
+    reference = (ModelReference.from_json(manifest["reference"]) if manifest.get("reference")
+                 else parse_reference(manifest["architecture"]))
+    teacher, spec = build(reference, num_classes=manifest["num_classes"])
+    known = {k: manifest[k] for k in ("input_size", "mean", "std") if manifest.get(k) is not None}
+    set_spec(teacher, replace(spec, **{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()}))
     if manifest.get("weights"):
         path = resolve_weights(manifest["weights"])
         recorded = manifest.get("weights_sha256")
@@ -99,8 +114,8 @@ def build_teacher(manifest: dict[str, Any], run_dir: Path | None = None) -> nn.M
                 f"weights '{manifest['weights']}' ({path}) differ from the ones this run used "
                 f"(sha256 {recorded[:12]}...)"
             )
-        return create_model(manifest["architecture"], weights=str(path), num_classes=manifest["num_classes"])
-    teacher = create_model(manifest["architecture"], num_classes=manifest["num_classes"])
+        load_weights(teacher, str(path))
+        return teacher
     if run_dir is None:
         raise ModelError("this manifest's teacher weights live in its run folder; give the folder")
     teacher.load_state_dict(load_file(str(run_dir / manifest["teacher_weights"])))
@@ -108,10 +123,10 @@ def build_teacher(manifest: dict[str, Any], run_dir: Path | None = None) -> nn.M
 
 
 def build_pruned(manifest: dict[str, Any], teacher: nn.Module, weights_path: Path | None) -> nn.Module:
-    """Drop the manifest's blocks from the teacher's architecture and load the pruned weights."""
-    from .models.blocks import drop_blocks
+    """Drop the manifest's units from the teacher's architecture and load the pruned weights."""
+    from .models.adapter import adapter_for
 
-    pruned = drop_blocks(teacher, manifest["dropped"], manifest.get("input_size"))
+    pruned = adapter_for(teacher, **(manifest.get("blocks") or {})).drop(manifest["dropped"])
     if weights_path is not None:
         state = load_file(str(weights_path))
         missing, unexpected = pruned.load_state_dict(state, strict=False)

@@ -32,10 +32,15 @@ class BlockScore:
     step: int
     delta_lat: float  # percent of teacher latency saved by dropping it alone
     cost: float  # recoverability (or a baseline's stand-in); lower is easier to recover
+    group: str | None = None  # units of one block (the block, or one of its branches) exclude each other
 
     @property
     def score(self) -> float:
         return self.cost / self.delta_lat
+
+    @property
+    def key(self) -> str:
+        return self.group or self.name
 
 
 @dataclass
@@ -82,9 +87,15 @@ def rank(blocks: list[BlockScore]) -> list[BlockScore]:
 
 
 def select_by_count(blocks: list[BlockScore], count: int) -> list[str]:
-    if count > len(blocks):
-        raise TargetError(f"asked to drop {count} blocks but the model has only {len(blocks)} droppable blocks")
-    return [b.name for b in rank(blocks)[:count]]
+    """The ``count`` best scores, at most one unit per block, in network order."""
+    groups = len({b.key for b in blocks})
+    if count > groups:
+        raise TargetError(f"asked to drop {count} blocks but the model has only {groups} droppable blocks")
+    chosen: list[BlockScore] = []
+    for block in rank(blocks):
+        if len(chosen) < count and all(c.key != block.key for c in chosen):
+            chosen.append(block)
+    return [b.name for b in sorted(chosen, key=lambda b: b.step)]
 
 
 def select_by_target(
@@ -109,11 +120,13 @@ SELECTION_METHODS: Registry[SelectionMethod] = Registry(
 
 @SELECTION_METHODS.register("greedy")
 def _greedy(blocks: list[BlockScore], target_percent: float) -> list[BlockScore]:
-    """Blocks in score order until their summed ΔLat reaches the target."""
+    """Blocks in score order until their summed ΔLat reaches the target (one unit per block)."""
     chosen, total = [], 0.0
     for block in rank(blocks):
         if total >= target_percent:
             break
+        if any(c.key == block.key for c in chosen):
+            continue
         chosen.append(block)
         total += block.delta_lat
     return chosen
@@ -121,49 +134,51 @@ def _greedy(blocks: list[BlockScore], target_percent: float) -> list[BlockScore]
 
 @SELECTION_METHODS.register("min-recoverability")
 def _min_cost_cover(blocks: list[BlockScore], target_percent: float, resolution: float = 0.01) -> list[BlockScore]:
-    """Exact 0/1 min-cost cover on ΔLat rounded to ``resolution`` percent (dynamic programming).
+    """Exact min-cost cover on ΔLat rounded to ``resolution`` percent (dynamic programming).
 
-    ``best[w]`` is the cheapest set reaching at least ``w`` units; weights above the target are
-    capped at the target, so the table has target/resolution + 1 entries.
+    At most one unit per block (a block, or one of its branches): a multiple-choice knapsack, the
+    0/1 one where every block has a single unit. ``best[w]`` is the cheapest set reaching at least
+    ``w`` units; weights above the target are capped at the target, so the table has
+    target/resolution + 1 entries.
     """
     goal = math.ceil(target_percent / resolution - 1e-9)
-    weights = [max(1, round(b.delta_lat / resolution)) for b in blocks]
+    groups: dict[str, list[BlockScore]] = {}
+    for block in blocks:
+        groups.setdefault(block.key, []).append(block)
+    options = list(groups.values())
     infinity = float("inf")
     best = [infinity] * (goal + 1)
     best[0] = 0.0
-    choice: list[list[int | None]] = [[None] * (goal + 1) for _ in blocks]
-    for i, (block, weight) in enumerate(zip(blocks, weights)):
+    choice: list[list[tuple[int, BlockScore] | None]] = [[None] * (goal + 1) for _ in options]
+    for g, members in enumerate(options):
         updated = best[:]
         for reached in range(goal + 1):
             if best[reached] == infinity:
                 continue
-            new = min(goal, reached + weight)
-            cost = best[reached] + block.cost
-            if cost < updated[new] - 1e-12:
-                updated[new] = cost
-                choice[i][new] = reached
+            for block in members:
+                new = min(goal, reached + max(1, round(block.delta_lat / resolution)))
+                cost = best[reached] + block.cost
+                if cost < updated[new] - 1e-12:
+                    updated[new] = cost
+                    choice[g][new] = (reached, block)
         best = updated
-    return _backtrack(blocks, weights, choice, goal)
-
-
-def _backtrack(blocks, weights, choice, goal) -> list[BlockScore]:
-    """Recover the chosen set: walk rows backwards, taking block i where it set the entry."""
     chosen = []
     reached = goal
-    for i in range(len(blocks) - 1, -1, -1):
-        previous = choice[i][reached]
-        if previous is not None:
-            chosen.append(blocks[i])
-            reached = previous
+    for g in range(len(options) - 1, -1, -1):
+        entry = choice[g][reached]
+        if entry is not None:
+            reached, block = entry
+            chosen.append(block)
             if reached == 0:
                 break
     return chosen
 
 
 def next_block(blocks: list[BlockScore], chosen: list[str]) -> BlockScore | None:
-    """The best-scored block not yet chosen, or None when all are."""
+    """The best-scored unit of a block none of whose units is chosen, or None when all are."""
+    taken = {b.key for b in blocks if b.name in chosen}
     for block in rank(blocks):
-        if block.name not in chosen:
+        if block.key not in taken:
             return block
     return None
 

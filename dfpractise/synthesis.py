@@ -63,7 +63,7 @@ def synthesize_for_model(
     settings = {"cache_dir": out_dir, "rebuild_cache": rebuild, **(options or {})}
     source = kind(pipeline, **settings) if kind.takes_pipeline else kind(**settings)
     context = SourceContext.for_teacher(teacher.to(device), teacher_id=sha, device=device, progress=progress)
-    tiny = source.load(num_images, teacher.model_spec.input_size, seed, context)
+    tiny = source.load(num_images, context.input_size, seed, context)
     folder = Path(out_dir)
     report = {"model": model, "weights": weights, **(tiny.report or {})}
     write_json(report, folder / QUALITY)

@@ -47,15 +47,19 @@ def _ctrl_c_raises_keyboard_interrupt():
 
 
 def features_without(model, skip, x: torch.Tensor) -> torch.Tensor:
-    """The model's features with the named steps skipped, using the model's own modules.
+    """The features of one of this project's models with the named blocks skipped, computed from
+    its own ``feature_layers`` (children of its stages run one by one).
 
-    A reference for dropping: a pruned copy must compute exactly this.
+    A reference for dropping that shares no code with discovery: a pruned copy must compute this.
     """
-    from dfpractise.models.blocks import feature_steps
-
-    for step in feature_steps(model):
-        if step.name not in skip:
-            x = step.module(x)
+    for name, module in model.feature_layers():
+        children = list(module.named_children()) if isinstance(module, torch.nn.Sequential) else []
+        if not children:
+            x = x if name in skip else module(x)
+            continue
+        for child, block in children:
+            if f"{name}.{child}" not in skip:
+                x = block(x)
     return x
 
 

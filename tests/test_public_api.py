@@ -81,7 +81,7 @@ class PreferLast(DropCost):
 def user_plugins():
     """Register the user's model, block rule, source and drop cost; forget them afterwards."""
     rule_name = f"{Gated.__module__}.{Gated.__qualname__}"
-    register_residual_block(Gated, is_identity=lambda block: True, shortcut=None)
+    register_residual_block(Gated, is_identity=lambda block: True)
     register_model(spec=SPEC)(_user_tiny_net)
     register_source("user-noise")(Noise)
     register_drop_cost("user-prefer-last")(PreferLast)
@@ -107,11 +107,13 @@ def _config(**changes) -> RunConfig:
     return config
 
 
-def test_a_users_block_type_is_found_once_its_rule_is_registered(user_plugins):
-    model = create_model("user_tiny_net")
-    assert [b.name for b in find_blocks(model)] == ["body.1", "body.2", "body.3"]  # body.0 opens the stage
+def test_a_users_block_type_is_found_without_being_declared_and_a_rule_overrules(user_plugins):
+    assert [b.name for b in find_blocks(create_model("user_tiny_net"))] == ["body.1", "body.2", "body.3"]
     RESIDUAL_RULES.unregister(f"{Gated.__module__}.{Gated.__qualname__}")
-    assert find_blocks(model) == []
+    register_residual_block(Gated, is_identity=lambda block: block is not block_two)
+    model = create_model("user_tiny_net")  # a new model: adapters are per model
+    block_two = model.body[2]
+    assert [b.name for b in find_blocks(model)] == ["body.1", "body.3"]
 
 
 def test_plug_ins_passed_as_instances_drive_a_whole_run(user_plugins, tmp_path):

@@ -6,7 +6,8 @@ import torch
 from dfpractise.config import ScoringConfig
 from dfpractise.errors import ConfigError
 from dfpractise.models import create_model
-from dfpractise.models.blocks import feature_steps, find_blocks
+from dfpractise.models.adapter import adapter_for
+from dfpractise.models.blocks import find_blocks
 from dfpractise.recoverability import (
     DROP_COSTS,
     ScoringContext,
@@ -58,9 +59,9 @@ def test_identity_adaptor_is_identity():
 )
 def test_adaptors_go_around_the_hole_and_never_on_skips(model_name, block, expected):
     model = create_model(model_name).eval()
-    steps = feature_steps(model)
-    target = next(b for b in find_blocks(model, 32) if b.name == block)
-    adaptors, handles = attach_adaptors(steps, target)
+    adapter = adapter_for(model, example_size=32)
+    target = adapter.block(block)
+    adaptors, handles = attach_adaptors(adapter, model, target)
     try:
         assert len(adaptors) == expected
     finally:
@@ -69,12 +70,12 @@ def test_adaptors_go_around_the_hole_and_never_on_skips(model_name, block, expec
 
 
 def test_identity_adaptors_leave_the_student_unchanged(teacher):
-    steps = feature_steps(teacher)
+    adapter = adapter_for(teacher)
     block = find_blocks(teacher)[2]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         plain = features_without(teacher, [block.name], x)
-        adaptors, handles = attach_adaptors(steps, block)
+        adaptors, handles = attach_adaptors(adapter, teacher, block)
         try:
             hooked = features_without(teacher, [block.name], x)
         finally:

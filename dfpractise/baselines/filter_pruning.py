@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..latency import Timing, compare_latency
+from ..models.adapter import spec_of
 from ..progress import Progress
 
 IMPORTANCES = ("l1", "taylor")
@@ -215,10 +216,8 @@ def _example_inputs(model: nn.Module, example_inputs: torch.Tensor | None) -> to
     device = next(model.parameters()).device
     if example_inputs is not None:
         return example_inputs.to(device)
-    config = getattr(model, "model_spec", None)
-    if config is None:
-        raise ConfigError("example_inputs is needed for a model without model_spec")
-    return torch.randn(1, 3, config.input_size, config.input_size, device=device)
+    size = spec_of(model).input_size
+    return torch.randn(1, 3, size, size, device=device)
 
 
 def _stream_layers(model: nn.Module, targets: list[tuple[str, nn.Conv2d]]) -> list[nn.Module]:
@@ -310,7 +309,7 @@ def match_latency(
     ``max_trials`` counts measurements; ``bounds`` limits the ratios tried.
     """
     _check_search(target_cut, tolerance, max_trials, bounds)
-    measure = measure or latency_measure(Timing(resolution=model.model_spec.input_size, repeats=5))
+    measure = measure or latency_measure(Timing(resolution=spec_of(model).input_size, repeats=5))
     progress = progress or Progress()
     search = _Search(target_cut, tolerance, bounds)
     log: list[dict] = []

@@ -1,21 +1,21 @@
-"""Residual blocks: which ones can be dropped, and the pruned network without them.
+"""Droppable units of a model: what they are called, and the user's overrides of discovery.
 
-A model exposes ``feature_layers()``; containers among them (``nn.Sequential``) that hold residual
-blocks are expanded child by child into one flat list of *steps* whose composition is
-``forward_features``. A block is droppable when it is an identity-shortcut residual block
-(output = act(x + f(x)) with the shape of x) and not the first block of its stage (the paper's
-convention: block 0 sets the stage's width and stride). Dropping removes the block from its
-``nn.Sequential`` for real, keeping the other children's names, so state-dict keys stay stable.
+Units are found by ``dfpractise.models.adapter`` from any module's recorded forward (see
+``anatomy``): a whole residual block ``x + f(x)``, or, in blocks with several branches
+(transformer layers: attention then MLP), one branch on its own. By the paper's convention the
+first block of each stage is kept (it opens the stage); ``keep_stage_first=False`` lifts it.
+
+``find_blocks(model)`` and ``drop_blocks(model, names)`` are the short way in; both go through the
+model's adapter, built once per model. ``register_residual_block`` lets a user say of a block
+type what discovery cannot see, or overrule it: ``is_identity(module)`` decides whether a module of
+that type is a droppable block.
 """
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
-import torch
 from synthesizers.registry import Registry
 from torch import nn
 
@@ -23,17 +23,28 @@ from ..errors import ModelError
 
 
 @dataclass(frozen=True)
-class ResidualRule:
-    """How to read one residual block type.
+class Block:
+    """A droppable unit: a whole block, or one branch (``part``) of a block with several."""
 
-    ``is_identity`` tells whether its shortcut is the identity; ``shortcut`` is the attribute that
-    holds the shortcut (a projection or parameter-free pad), so the residual branch is everything
-    else in the block.
-    """
+    name: str  # "layer1.1"; a branch is named after its main module, "blocks.3.attn"
+    step: int  # position in network order among all units
+    stage: int
+    position: int  # position within its stage (the stage's opening module is 0)
+    module: str = ""  # the block's module path (for a branch, its block's)
+    part: int | None = None  # which branch of the block; None: the whole block
+
+    @property
+    def group(self) -> str:
+        """Units of one block exclude each other in a selection (a block, or one of its branches)."""
+        return self.module or self.name
+
+
+@dataclass(frozen=True)
+class ResidualRule:
+    """The user's word on one block type: ``is_identity(module)`` says whether it can be dropped."""
 
     block_type: type
     is_identity: Callable[[nn.Module], bool]
-    shortcut: str | None
 
 
 RESIDUAL_RULES: Registry[ResidualRule] = Registry(
@@ -41,16 +52,14 @@ RESIDUAL_RULES: Registry[ResidualRule] = Registry(
 )
 
 
-def register_residual_block(
-    block_type: type, is_identity: Callable[[nn.Module], bool], shortcut: str | None
-) -> ResidualRule:
-    """Teach block discovery a residual block type (users may add their own).
+def register_residual_block(block_type: type, is_identity: Callable[[nn.Module], bool]) -> ResidualRule:
+    """Decide for every module of ``block_type`` whether it is a droppable block.
 
-    Registered under the type's qualified name (``package.module.Class``); registering another
-    rule for a type that has one is refused.
+    Registered under the type's qualified name (``package.module.Class``); a second rule for the
+    same type is refused.
     """
     name = f"{block_type.__module__}.{block_type.__qualname__}"
-    return RESIDUAL_RULES.register(name, ResidualRule(block_type, is_identity, shortcut))
+    return RESIDUAL_RULES.register(name, ResidualRule(block_type, is_identity))
 
 
 def residual_rule(module: nn.Module) -> ResidualRule | None:
@@ -60,182 +69,15 @@ def residual_rule(module: nn.Module) -> ResidualRule | None:
     return None
 
 
-def _register_builtin_rules() -> None:
-    from torchvision.models.mobilenetv2 import InvertedResidual
-    from torchvision.models.resnet import BasicBlock as TVBasicBlock
-    from torchvision.models.resnet import Bottleneck
+def find_blocks(model: nn.Module, input_size: int | None = None) -> list[Block]:
+    """Droppable units of ``model`` in network order (its adapter's, built on first use)."""
+    from .adapter import adapter_for
 
-    from .cifar_resnet import BasicBlock as CifarBasicBlock
-
-    register_residual_block(
-        CifarBasicBlock,
-        lambda b: isinstance(b.shortcut, nn.Identity),
-        shortcut="shortcut",
-    )
-    register_residual_block(TVBasicBlock, lambda b: b.downsample is None, shortcut="downsample")
-    register_residual_block(Bottleneck, lambda b: b.downsample is None, shortcut="downsample")
-    register_residual_block(InvertedResidual, lambda b: bool(b.use_res_connect), shortcut=None)
-
-
-_register_builtin_rules()
-
-
-@dataclass(frozen=True)
-class Step:
-    """One element of the flat feature pipeline."""
-
-    index: int
-    name: str
-    module: nn.Module
-    residual: bool
-    identity: bool
-    stage: int  # -1 for steps outside any run of residual blocks
-
-
-@dataclass(frozen=True)
-class Block:
-    """A droppable block: its step, its stage and its position within the stage."""
-
-    name: str
-    step: int
-    stage: int
-    position: int
-
-
-def feature_steps(model: nn.Module) -> list[Step]:
-    """The flat list of steps whose composition is ``model.forward_features``."""
-    flat: list[tuple[str, nn.Module]] = []
-    for name, module in model.feature_layers():
-        if isinstance(module, nn.Sequential) and any(
-            residual_rule(child) for child in module.children()
-        ):
-            flat.extend((f"{name}.{child_name}", child) for child_name, child in module.named_children())
-        else:
-            flat.append((name, module))
-    steps: list[Step] = []
-    stage = -1
-    previous_parent = None
-    for index, (name, module) in enumerate(flat):
-        rule = residual_rule(module)
-        parent = name.rsplit(".", 1)[0] if "." in name else None
-        identity = bool(rule and rule.is_identity(module))
-        starts_stage = rule is not None and (
-            not identity or parent != previous_parent or not steps or steps[-1].stage == -1
-        )
-        if rule is None:
-            step_stage = -1
-        else:
-            if starts_stage:
-                stage += 1
-            step_stage = stage
-        steps.append(Step(index, name, module, rule is not None, identity, step_stage))
-        previous_parent = parent
-    return steps
-
-
-def stage_steps(steps: Sequence[Step], stage: int) -> list[Step]:
-    return [s for s in steps if s.stage == stage]
-
-
-def find_blocks(model: nn.Module, input_size: int | None = None, probe: bool = True) -> list[Block]:
-    """Droppable blocks in network order, verified by a forward probe of their shapes."""
-    steps = feature_steps(model)
-    candidates: list[Block] = []
-    for step in steps:
-        if not (step.residual and step.identity):
-            continue
-        position = [s.index for s in stage_steps(steps, step.stage)].index(step.index)
-        if position == 0:
-            continue
-        candidates.append(Block(step.name, step.index, step.stage, position))
-    if probe and candidates:
-        size = input_size or model.model_spec.input_size
-        same_shape = _probe_shapes(model, steps, size)
-        candidates = [b for b in candidates if same_shape[b.step]]
-    return candidates
-
-
-def _probe_shapes(model: nn.Module, steps: Sequence[Step], size: int) -> dict[int, bool]:
-    """Run one input through the steps and record whether each kept its input's shape."""
-    was_training = model.training
-    model.eval()
-    result = {}
-    x = torch.zeros(1, 3, size, size, device=_device_of(model))
-    with torch.no_grad():
-        for step in steps:
-            y = step.module(x)
-            result[step.index] = tuple(y.shape) == tuple(x.shape)
-            x = y
-    model.train(was_training)
-    return result
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def check_block_names(model: nn.Module, names: Iterable[str], input_size: int | None = None) -> list[Block]:
-    """The Block records for ``names``; an unknown or undroppable name is a ``ModelError``."""
-    blocks = {b.name: b for b in find_blocks(model, input_size)}
-    chosen = []
-    for name in names:
-        if name not in blocks:
-            known = ", ".join(blocks) or "none"
-            raise ModelError(f"'{name}' is not a droppable block of this model (droppable: {known})")
-        chosen.append(blocks[name])
-    return chosen
+    return adapter_for(model, example_size=input_size).blocks
 
 
 def drop_blocks(model: nn.Module, names: Iterable[str], input_size: int | None = None) -> nn.Module:
-    """A copy of ``model`` with the named blocks really removed (the original is untouched)."""
-    names = list(names)
-    check_block_names(model, names, input_size)
-    pruned = copy.deepcopy(model)
-    remove_children(pruned, names)
-    return pruned
+    """A copy of ``model`` without the named units (the original is untouched)."""
+    from .adapter import adapter_for
 
-
-def remove_children(model: nn.Module, names: Iterable[str]) -> None:
-    """Remove named children from their ``nn.Sequential`` parents, in place, keeping other names."""
-    by_parent: dict[str, set[str]] = {}
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        by_parent.setdefault(parent, set()).add(child)
-    for parent_name, children in by_parent.items():
-        parent = model.get_submodule(parent_name)
-        if not isinstance(parent, nn.Sequential):
-            raise ModelError(f"cannot drop from '{parent_name}': it is not an nn.Sequential")
-        kept = OrderedDict((n, m) for n, m in parent.named_children() if n not in children)
-        _set_submodule(model, parent_name, nn.Sequential(kept))
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, module)
-
-
-def branch_convs(block: nn.Module) -> list[nn.Conv2d]:
-    """Convolutions of the residual branch, in forward order (shortcut excluded)."""
-    rule = residual_rule(block)
-    if rule is None:
-        raise ModelError(f"{type(block).__name__} is not a registered residual block")
-    prefix = rule.shortcut
-    return [
-        m
-        for n, m in block.named_modules()
-        if isinstance(m, nn.Conv2d) and not (prefix and (n == prefix or n.startswith(prefix + ".")))
-    ]
-
-
-def shortcut_convs(block: nn.Module) -> list[nn.Conv2d]:
-    """The projection shortcut's convolutions (empty for identity or parameter-free shortcuts)."""
-    rule = residual_rule(block)
-    if rule is None or rule.shortcut is None:
-        return []
-    shortcut = getattr(block, rule.shortcut, None)
-    if shortcut is None:
-        return []
-    return [m for m in shortcut.modules() if isinstance(m, nn.Conv2d)]
+    return adapter_for(model, example_size=input_size).drop(list(names))

@@ -101,13 +101,16 @@ class SourceContext:
     class_names: tuple[str, ...] | None = None
     device: str = "cpu"
     progress: Progress | None = None
+    input_size: int = 224
 
     @classmethod
-    def for_teacher(cls, teacher: nn.Module, **kwargs: Any) -> "SourceContext":
-        """A context filled from the teacher's ``model_spec`` (input statistics, classes)."""
-        cfg = teacher.model_spec
-        return cls(teacher=teacher, mean=tuple(cfg.mean), std=tuple(cfg.std), num_classes=cfg.num_classes,
-                   class_names=cfg.class_names, **kwargs)
+    def for_teacher(cls, teacher: nn.Module, spec: Any = None, **kwargs: Any) -> "SourceContext":
+        """A context filled from what is known of the teacher's input (``models.adapter.spec_of``)."""
+        from ..models.adapter import spec_of
+
+        spec = spec or spec_of(teacher)
+        return cls(teacher=teacher, mean=tuple(spec.mean), std=tuple(spec.std), num_classes=spec.num_classes,
+                   class_names=spec.class_names, input_size=spec.input_size, **kwargs)
 
 
 class ImageSource(ABC):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, synthesizer_errors
+from ..models.adapter import spec_of
 from ..progress import Progress
 from .base import ImageSource, SourceContext, TinySet, register_source
 from .real import check_request
@@ -53,7 +54,7 @@ class SynthesizedSource(ImageSource):
         progress = context.progress or Progress()
         with synthesizer_errors():
             synthesizer = self.build(context)
-            num_classes = context.num_classes or int(context.teacher.model_spec.num_classes)
+            num_classes = context.num_classes or spec_of(context.teacher).num_classes
             folder = self.cache_dir or default_cache_folder(
                 set_settings(synthesizer, num_images, image_size, num_classes, seed)
             )
