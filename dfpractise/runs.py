@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Protocol, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
-from synthesizers.files import atomic_write
 from torch import nn
 
 from .errors import ConfigError, DataError, ModelError
+from .models.weights import read_safetensors, save_safetensors
 from .latency import BlockLatencyProfile
 from .recoverability import BlockCosts
 from .report import read_json, save_sample_grid, write_json
@@ -43,8 +42,7 @@ ARTEFACTS = (RECIPE, MANIFEST, WEIGHTS, TEACHER_WEIGHTS, FILE_LIST, TINY_SET_REP
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    save_safetensors(model, path)
 
 
 def make_manifest(
@@ -118,7 +116,7 @@ def build_teacher(manifest: dict[str, Any], run_dir: Path | None = None) -> nn.M
         return teacher
     if run_dir is None:
         raise ModelError("this manifest's teacher weights live in its run folder; give the folder")
-    teacher.load_state_dict(load_file(str(run_dir / manifest["teacher_weights"])))
+    teacher.load_state_dict(read_safetensors(run_dir / manifest["teacher_weights"]))
     return teacher
 
 
@@ -128,8 +126,7 @@ def build_pruned(manifest: dict[str, Any], teacher: nn.Module, weights_path: Pat
 
     pruned = adapter_for(teacher, **(manifest.get("blocks") or {})).drop(manifest["dropped"])
     if weights_path is not None:
-        state = load_file(str(weights_path))
-        missing, unexpected = pruned.load_state_dict(state, strict=False)
+        missing, unexpected = pruned.load_state_dict(read_safetensors(weights_path), strict=False)
         if missing or unexpected:
             raise ModelError(
                 f"{weights_path} does not fit the manifest's pruned model "

@@ -33,8 +33,8 @@ from .anatomy import Anatomy, Branch, Call, Probe, analyse, probe, zero_branch
 from .blocks import Block, residual_rule
 from .registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
-_POOLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d,
-            nn.Flatten, nn.Dropout, nn.Identity)
+_GLOBAL_POOLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_POOLING = _GLOBAL_POOLING + (nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 
 
 @dataclass(frozen=True)
@@ -297,10 +297,17 @@ class ModelAdapter:
         return blocks
 
     def _feature_point(self, recorded: Probe) -> FeaturePoint:
+        """``forward_features`` if the model has it; else the last feature map or token sequence
+        made before the global pooling that follows the last unit (the outermost module making
+        it); else the classifier's input."""
         if callable(getattr(self.model, "forward_features", None)):
             return FeaturePoint("method")
+        last_unit = max((self._calls[b.module].start for b in self.blocks), default=-1)
+        pooling = [c for c in recorded.order if c.start > last_unit and isinstance(
+            self.model.get_submodule(c.name), _GLOBAL_POOLING)]
+        before = pooling[0].start if pooling else len(recorded.order)
         maps = [c for c in recorded.order
-                if torch.is_tensor(c.output) and c.output.dim() >= 3 and not isinstance(
+                if c.start < before and torch.is_tensor(c.output) and c.output.dim() >= 3 and not isinstance(
                     self.model.get_submodule(c.name), _POOLING)]
         if maps:
             last = max(maps, key=lambda c: c.done)

@@ -12,6 +12,7 @@ import http.client
 import os
 import re
 import sys
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,7 +276,15 @@ def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
         keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
         raise ModelError(f"weights file {path} holds no state dict of tensors (found {keys})")
     prefix = "module."
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj.items()}
+
+    def strip(key: str) -> str:
+        return key[len(prefix):] if key.startswith(prefix) else key
+
+    state = OrderedDict((strip(k), v) for k, v in obj.items())
+    metadata = getattr(obj, "_metadata", None)
+    if metadata is not None:  # module versions, which some modules need to load
+        state._metadata = OrderedDict((strip(k), v) for k, v in metadata.items())  # type: ignore[attr-defined]
+    return state
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -287,9 +296,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: object = load_file(str(path), device="cpu")
+            obj: object = read_safetensors(path)
         else:
             # map_location matters: some published checkpoints were saved from CUDA tensors.
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -327,6 +334,37 @@ def _mismatch(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> list[str]:
     if shapes:
         parts.append(f"{len(shapes)} shape mismatches ({_listed(shapes)})")
     return parts
+
+
+MODULE_METADATA = "torch_module_metadata"
+"""The safetensors metadata key under which this project keeps a state dict's module versions."""
+
+
+def save_safetensors(model: nn.Module, path: str | Path) -> None:
+    """The model's state dict as safetensors, atomically, with its module versions (torch keeps
+    them on the state dict; some modules, torchvision's MNASNet, refuse to load without them)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    metadata = {MODULE_METADATA: json.dumps(getattr(state, "_metadata", {}) or {})}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as a state dict, with the module versions ``save_safetensors`` kept."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        state = OrderedDict((k, handle.get_tensor(k)) for k in handle.keys())
+        stored = (handle.metadata() or {}).get(MODULE_METADATA)
+    if stored:
+        state._metadata = OrderedDict(json.loads(stored))  # type: ignore[attr-defined]
+    return state
 
 
 def load_weights(model: nn.Module, ref: str) -> Path:
