@@ -7,8 +7,10 @@ every block dropped (batch 8), and a tiny end-to-end run's wall time (32 out-of-
 two blocks dropped, 10 scoring and 20 recovery iterations; no accuracy, random weights).
 
 ``--resnet56``: the 500-real-image, 30% ResNet-56 benchmark (``recipes/resnet56-real500.yaml``,
-seed 1) twice, with the teacher as this project's registered model and as a plain module from a
-file (``benchmarks/plain_cifar_resnet.py``, none of the project's protocol), same weights.
+seed 1) with the teacher as this project's registered model and as a plain module from a file
+(``benchmarks/plain_cifar_resnet.py``, none of the project's protocol), same weights; and the
+plain module once more on the registered run's block timings (its ``latency.json`` put in the
+new run folder before it starts), so that both paths decide from the same measurements.
 
     python -m benchmarks.any_model --table
     python -m benchmarks.any_model --resnet56
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -29,12 +32,13 @@ import torch
 
 from benchmarks import engine_grid
 from dfpractise.engine import compress
-from dfpractise.latency import Timing, compare_latency
+from dfpractise.latency import BlockLatencyProfile, Timing, compare_latency
 from dfpractise.models.adapter import adapter_for
 from dfpractise.models.reference import load_model
 from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
 from dfpractise.report import read_json
+from dfpractise.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "any_model.json"
@@ -65,6 +69,7 @@ FAMILIES = {
     "timm/levit_128s": {"img_size": SIZE},
 }
 PLAIN_RESNET56 = "benchmarks/plain_cifar_resnet.py:resnet56"
+SHARED_TIMINGS = PLAIN_RESNET56 + " (registered run's timings)"
 
 
 def stamp() -> dict:
@@ -100,10 +105,14 @@ def family_row(name: str, options: dict, runs_dir: Path) -> dict:
     }
 
 
-def resnet56_row(model: str, runs_dir: Path) -> dict:
+def resnet56_row(model: str, runs_dir: Path, timings_from: Path | None = None) -> dict:
     overrides = {"model": model, "input_size": 32} if model == PLAIN_RESNET56 else {"model": model}
     config = resolve_config(ROOT / "recipes" / "resnet56-real500.yaml", overrides)
-    out = runs_dir / ("plain" if model == PLAIN_RESNET56 else "native")
+    name = ("plain" if model == PLAIN_RESNET56 else "native") + ("-shared-timings" if timings_from else "")
+    out = runs_dir / name
+    if timings_from is not None and not out.exists():
+        RunFolder.open(out, config).start(config)
+        shutil.copy(timings_from / BlockLatencyProfile.FILE, out / BlockLatencyProfile.FILE)
     started = time.perf_counter()
     report = compress(config, out, progress=Progress(quiet=True), resume=out.exists()).report
     costs = read_json(out / "scores.json")["costs"]
@@ -141,14 +150,17 @@ def main() -> None:
                   f"{row['discovery_seconds']:.2f} s, all dropped {100 * row['all_dropped_cut']:.1f}%, "
                   f"run {row['run_seconds']:.0f} s", flush=True)
     if args.resnet56:
-        for model in ("cifar10_resnet56", PLAIN_RESNET56):
-            if model in results["resnet56"]:
-                print(f"skip {model} (done)", flush=True)
+        native_run = args.runs_dir / "resnet56" / "native"
+        for key, model, timings in (("cifar10_resnet56", "cifar10_resnet56", None),
+                                    (PLAIN_RESNET56, PLAIN_RESNET56, None),
+                                    (SHARED_TIMINGS, PLAIN_RESNET56, native_run)):
+            if key in results["resnet56"]:
+                print(f"skip {key} (done)", flush=True)
                 continue
-            row = resnet56_row(model, args.runs_dir / "resnet56")
-            results["resnet56"][model] = row
+            row = resnet56_row(model, args.runs_dir / "resnet56", timings)
+            results["resnet56"][key] = row
             engine_grid.save_results(results, args.results)
-            print(f"{model}: top-1 {row['pruned_top1']:.2f}, cut {100 * row['reduction']:.1f}%, dropped "
+            print(f"{key}: top-1 {row['pruned_top1']:.2f}, cut {100 * row['reduction']:.1f}%, dropped "
                   f"{', '.join(row['dropped'])}, {row['wall_seconds']:.0f} s", flush=True)
 
 

@@ -11,7 +11,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks import gpu_report, side_by_side_report
+from benchmarks import any_model_report, gpu_report, side_by_side_report
 from synthesizers.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +22,7 @@ DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "default_run.json"
 SIDE_BY_SIDE_RESULTS = ROOT / "benchmarks" / "results" / "side_by_side.json"
 SCORING_RESULTS = ROOT / "benchmarks" / "results" / "scoring_cost.json"
 GPU_RESULTS = ROOT / "benchmarks" / "results" / "gpu_pipeline.json"
+ANY_MODEL_RESULTS = ROOT / "benchmarks" / "results" / "any_model.json"
 SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
 SOURCE_NAMES = {
     "synthetic": "data-free: 512 BN-inversion images",
@@ -209,6 +210,7 @@ def main() -> None:
     side_by_side = json.loads(SIDE_BY_SIDE_RESULTS.read_text()) if SIDE_BY_SIDE_RESULTS.exists() else {}
     scoring = json.loads(SCORING_RESULTS.read_text()) if SCORING_RESULTS.exists() else {}
     gpu = json.loads(GPU_RESULTS.read_text()) if GPU_RESULTS.exists() else {}
+    any_model = json.loads(ANY_MODEL_RESULTS.read_text()) if ANY_MODEL_RESULTS.exists() else {}
     plotted = side_by_side_report.plot(side_by_side, SIDE_BY_SIDE_PLOT)
     plot_name = str(SIDE_BY_SIDE_PLOT.relative_to(ROOT)) if plotted else None
     notes_path = ROOT / "benchmarks" / "NOTES.md"
@@ -229,6 +231,7 @@ def main() -> None:
         *side_by_side_report.section(side_by_side, scoring, plot_name),
         "",
         *gpu_report.section(gpu),
+        *(["", *any_model_report.section(any_model, runs)] if any_model else []),
     ]
     if notes_path.exists():
         lines += ["", notes_path.read_text().strip()]

@@ -138,7 +138,7 @@ def model_options(command: Callable) -> Callable:
     """The options that name a model and say what it does not: reference, weights, builder keywords,
     input size and statistics (``run`` and ``blocks``)."""
     for option in reversed([
-        setting_option("--model", path="model", required=command.__name__ == "blocks"),
+        setting_option("--model", path="model", required=command.__name__ != "run"),
         setting_option("--weights", path="weights"),
         click.option("--model-option", "model_option_pairs", multiple=True, metavar="KEY=VALUE",
                      help="Keyword for the model's builder, e.g. image_size=32 (repeatable)."),
@@ -351,8 +351,7 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
 @main.command()
 @click.option("--method", type=click.Choice(sorted(synthesis_sources())), default="bn-inversion",
               show_default=True, help="BN-statistics inversion of the teacher, or a diffusion pipeline.")
-@click.option("--model", required=True, help="Teacher architecture (see `dfpractise models`).")
-@click.option("--weights", help="Teacher weights file or known weights name.")
+@model_options
 @click.option("--num-images", type=int, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the images (PNG + index.json); an unfinished one is resumed.")
@@ -367,16 +366,18 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the quality report as JSON.")
 @handle_errors
-def synthesize(method, model, weights, num_images, out_dir, pipeline, steps, batch_size, options, seed, device,
-               rebuild, quiet, as_json) -> None:
+def synthesize(method, model, weights, model_option_pairs, input_size, mean, std, num_images, out_dir, pipeline,
+               steps, batch_size, options, seed, device, rebuild, quiet, as_json) -> None:
     """Make a synthetic tiny set for a teacher, with a quality report and a sample grid."""
     from .synthesis import synthesize_for_model
 
     settings = _parse_options(options, "--option")
     settings.update({k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None})
+    described = _with_model_options(settings_from_options({"input_size": input_size, "mean": mean, "std": std}),
+                                    model_option_pairs)
     result = synthesize_for_model(
         method, model, weights, num_images, out_dir, seed=seed, pipeline=pipeline, options=settings,
-        device=device, rebuild=rebuild, progress=_progress(quiet or as_json),
+        device=device, rebuild=rebuild, progress=_progress(quiet or as_json), model_settings=described,
     )
     if as_json:
         _emit_json(result.report)

@@ -46,8 +46,14 @@ def synthesize_for_model(
     device: str = "cpu",
     rebuild: bool = False,
     progress: Progress | None = None,
+    model_settings: dict[str, Any] | None = None,
 ) -> SynthesisResult:
-    """Synthesise ``num_images`` for ``model`` into ``out_dir`` (resumable), with a quality report."""
+    """Synthesise ``num_images`` for ``model`` into ``out_dir`` (resumable), with a quality report.
+
+    ``model_settings``: the run settings that describe the model beyond its name and weights
+    (``model_options``, ``input_size``, ``mean``, ``std``).
+    """
+    from .config import RunConfig
     from .engine import load_teacher
 
     sources = synthesis_sources()
@@ -59,7 +65,8 @@ def synthesize_for_model(
     if not kind.takes_pipeline and pipeline:
         users = ", ".join(m for m, k in sources.items() if k.takes_pipeline)
         raise ConfigError(f"--pipeline is only used by --method {users}, not {method}")
-    teacher, _, sha = load_teacher(model, weights)
+    described = RunConfig.from_dict({"model": model, "weights": weights, **(model_settings or {})})
+    teacher, _, sha = load_teacher(model, weights, described)
     settings = {"cache_dir": out_dir, "rebuild_cache": rebuild, **(options or {})}
     source = kind(pipeline, **settings) if kind.takes_pipeline else kind(**settings)
     context = SourceContext.for_teacher(teacher.to(device), teacher_id=sha, device=device, progress=progress)
