@@ -54,12 +54,14 @@ def _resnet56(rows: dict, engine_runs: dict) -> list[str]:
     lines = [
         "## ResNet-56 through the generic path (500 real images, 30% target, seed 1)",
         "",
-        "The real-data benchmark (`recipes/resnet56-real500.yaml`) run twice on the same weights "
-        "(`cifar10jpeg-resnet56`): once with the registered model, once with the teacher given as "
-        f"`{plain['model'] if plain else '?'}`, a plain module written without this project's protocol (no `forward_features`, "
-        "no `model_spec`), so that the adapter finds blocks, stages, features and head from its recorded forward "
-        "alone. Each run measures its own latency (a separate run, so block timings differ by the machine's "
-        f"noise). Machine: {first['machine']}; date {first['date']}, commit `{first['commit']}`.",
+        "The real-data benchmark (`recipes/resnet56-real500.yaml`) on the same weights (`cifar10jpeg-resnet56`), "
+        "once with the registered model and once with the teacher given as "
+        f"`{plain['model'] if plain else '?'}`, a plain module written without this project's protocol (no "
+        "`forward_features`, no `model_spec`), so that the adapter finds blocks, stages, features and head from "
+        "its recorded forward alone. Each run measures its own block latencies, so they differ by the machine's "
+        "noise; the third row runs the plain module on the registered run's block timings. Machine: "
+        f"{first['machine']}; date {first['date']}; commits: "
+        + ", ".join(f"`{r['commit']}`" for r in (native, plain, shared) if r is not None) + ".",
         "Command: `python -m benchmarks.any_model --resnet56`, then `python -m benchmarks.write_benchmarks`.",
         "",
         "| teacher given as | candidates | top-1 teacher / pruned | measured cut % [IQR] | blocks dropped | wall (s) |",
@@ -92,6 +94,6 @@ def _resnet56(rows: dict, engine_runs: dict) -> list[str]:
         if shared is not None:
             text += (f"; with the same timings: {'yes' if native['dropped'] == shared['dropped'] else 'no'}. "
                      "Latency is the only input measured anew by each run, and the only one the two paths can "
-                     "differ in.")
+                     "differ in")
         lines += ["", text + "."]
     return lines
