@@ -393,6 +393,41 @@ def synthesize(method, model, weights, model_option_pairs, input_size, mean, std
 
 
 @main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--data", "data_path", required=True, help="Labelled ImageFolder-style folder, e.g. cifar10-jpeg/val.")
+@click.option("--corruptions", help="Comma-separated corruption names (default: every registered one).")
+@click.option("--severities", default="1,2,3,4,5", show_default=True, help="Comma-separated, 1 (mild) to 5.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the corruptions' randomness.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Score this many images, evenly spread over the folder.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for robustness.json and robustness.png (default: robustness/ in the first run folder).")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def robustness(run_dirs, data_path, corruptions, severities, seed, batch_size, limit, device, out_dir, quiet,
+               as_json) -> None:
+    """Teacher and compressed models of RUN_DIR... under common corruptions (CIFAR-10-C style)."""
+    from .report import robustness_table
+    from .robustness import robustness_of_runs
+
+    names = [c.strip() for c in corruptions.split(",") if c.strip()] if corruptions else None
+    try:
+        levels = [int(s) for s in severities.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--severities expects numbers from 1 to 5 separated by commas, got {severities!r}") from None
+    result, out = robustness_of_runs(run_dirs, data_path, out_dir, corruptions=names, severities=levels, seed=seed,
+                                     batch_size=batch_size, device=device, limit=limit,
+                                     progress=_progress(quiet or as_json))
+    if as_json:
+        _emit_json({**result.to_json(), "out": str(out)})
+    elif not quiet:
+        Console().print(robustness_table(result))
+        Console().print(f"written: {out}")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 def env(as_json) -> None:
     """Versions and devices, ready to paste into a bug report."""

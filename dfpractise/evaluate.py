@@ -75,11 +75,11 @@ def evaluate_models(
         raise ValueError("evaluate_models needs at least one model")
     progress = progress or Progress(quiet=True)
     device = torch.device(device)
-    tallies = {name: _Tally() for name in models}
+    tallies = {name: Tally() for name in models}
     was_training = {name: m.training for name, m in models.items()}
     for model in models.values():
         model.eval().to(device)
-    batches, expected, where = _batches(data, image_size, batch_size, limit)
+    batches, expected, where = labelled_batches(data, image_size, batch_size, limit)
     total = _ceil_div(expected, batch_size)
     try:
         with torch.inference_mode(), progress.task("Evaluating", total=total) as task:
@@ -101,8 +101,8 @@ def evaluate_models(
     return {name: tally.result() for name, tally in tallies.items()}
 
 
-class _Tally:
-    """Running correct counts of one model."""
+class Tally:
+    """Running top-1/top-5 counts of one model over the batches it has seen."""
 
     def __init__(self) -> None:
         self.top1 = 0
@@ -127,16 +127,20 @@ class _Tally:
         return {"top1": 100.0 * self.top1 / n, "top5": 100.0 * self.top5 / n, "count": self.count}
 
 
-def _live_fields(tallies: dict[str, _Tally]) -> dict[str, float]:
+def _live_fields(tallies: dict[str, Tally]) -> dict[str, float]:
     if len(tallies) == 1:
         return {"top1": next(iter(tallies.values())).result()["top1"]}
     return {f"top1[{name}]": t.result()["top1"] for name, t in tallies.items()}
 
 
-def _batches(
-    data: TinySet | str | Path, image_size: int, batch_size: int, limit: int | None
+def labelled_batches(
+    data: TinySet | str | Path, image_size: int, batch_size: int, limit: int | None = None
 ) -> tuple[Batches, int, str]:
-    """(batch iterator, number of images, description of the data for error messages)."""
+    """(batch iterator, number of images, description of the data for error messages).
+
+    A folder is streamed: batch k+1 is decoded in the background while batch k is used, so
+    memory stays flat however large the folder. Close the iterator to stop decoding early.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(data, TinySet):

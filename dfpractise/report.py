@@ -157,6 +157,27 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         console.print(phases_table(report["phases"]))
 
 
+def robustness_table(result: Any) -> Table:
+    """Top-1 of each model clean and per corruption (mean over severities), then the aggregates."""
+    table = Table(title=f"Top-1 under corruption ({result.count} images, severities "
+                        f"{', '.join(map(str, result.severities))}, seed {result.seed})")
+    table.add_column("")
+    for model in result.models:
+        table.add_column(model, justify="right")
+    table.add_row("clean", *(_fmt_pct(result.clean[m]) for m in result.models))
+    for corruption in result.corruptions:
+        table.add_row(corruption.replace("_", " "), *(_fmt_pct(result.family(m, corruption)) for m in result.models))
+    table.add_row("[bold]mean corruption", *(f"[bold]{_fmt_pct(result.mean_corruption_accuracy(m))}"
+                                              for m in result.models))
+    errors = [result.corruption_error(m) for m in result.models]
+    table.add_row(f"mCE vs {result.reference}", *(f"{e:.1f}" if e is not None else DASH for e in errors))
+    table.add_row("relative robustness", *(DASH if m == result.reference else _signed(result.relative_robustness(m),
+                                                                                       " pt") for m in result.models))
+    table.caption = ("relative robustness: points lost under corruption beyond those lost on clean images "
+                     f"(against {result.reference}); positive means compression costs more under shift")
+    return table
+
+
 # ---------------------------------------------------------------- pictures
 
 
