@@ -132,3 +132,27 @@ def test_the_lead_table_compares_practise_with_the_better_filter_row_and_shows_t
     results["cells"]["real50-t40-s2-it500"]["filter_search"]["l1"]["within_tolerance"] = True
     text = "\n".join(side_by_side_report.section(results, {}, None))
     assert "| +5.00 | none measured short |" in text  # its trials never measured a cut below the target
+
+
+def test_robustness_section_shows_what_the_json_holds(tmp_path):
+    from benchmarks import robustness_report
+    from dfpractise.robustness import RobustnessResult
+
+    accuracy = {
+        "teacher": {"fog": {1: 80.0, 5: 60.0}},
+        "real-s1-it2000": {"fog": {1: 78.0, 5: 50.0}},
+    }
+    result = RobustnessResult(["teacher", "real-s1-it2000"], ["fog"], [1, 5], {"teacher": 90.0, "real-s1-it2000": 89.0},
+                              accuracy, count=100)
+    record = {**result.to_json(), "sources": {"real-s1-it2000": "real"},
+              "runs": {"real-s1-it2000": {"latency": {"reduction": 0.314}}}, "seconds": 120.0,
+              "date": "2026-12-01", "machine": "test box", "commit": "abc1234", "torch": "2.14.1"}
+    plot = tmp_path / "robustness.png"
+    lines = robustness_report.section(record, plot, tmp_path)
+    text = "\n".join(lines)
+    assert "| | teacher | 500 real |" in text and "| measured latency cut | — | 31.4% |" in text
+    assert "| fog | 70.00 | 64.00 |" in text and "| **mean corruption** | **70.00** | **64.00** |" in text
+    assert "| relative robustness (points) | — | +5.00 |" in text  # 6 lost under fog, 1 on clean
+    assert "| mCE vs teacher | 100.0 | 120.0 |" in text and "| severity 5, mean of corruptions | 60.00 | 50.00 |" in text
+    assert plot.read_bytes()[:4] == b"\x89PNG" and "![top-1 under corruption](robustness.png)" in text
+    assert robustness_report.section({}, plot, tmp_path) == []
