@@ -43,31 +43,40 @@ from dfpractise.runs import RunFolder
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "any_model.json"
 SIZE = 64
-# family name -> builder options (the same families as tests/test_any_model.py)
-FAMILIES = {
-    "resnet34": {},
-    "mobilenet_v2": {},
-    "resnext50_32x4d": {},
-    "mobilenet_v3_small": {},
-    "efficientnet_b0": {},
-    "mnasnet0_5": {},
-    "regnet_x_400mf": {},
-    "convnext_tiny": {},
-    "swin_t": {},
-    "vit_b_16": {"image_size": SIZE},
-    "timm/resnet18": {},
-    "timm/resnetv2_50": {},
-    "timm/convnext_atto": {},
-    "timm/efficientnet_b0": {},
-    "timm/mobilenetv3_small_100": {},
-    "timm/regnetx_002": {},
-    "timm/vit_tiny_patch16_224": {"img_size": SIZE},
-    "timm/deit_tiny_patch16_224": {"img_size": SIZE},
-    "timm/swin_tiny_patch4_window7_224": {"img_size": SIZE, "window_size": 4},
-    "timm/mixer_s16_224": {"img_size": SIZE},
-    "timm/poolformer_s12": {},
-    "timm/levit_128s": {"img_size": SIZE},
-}
+
+
+def families(size: int) -> dict[str, dict]:
+    """Family name -> builder options at input side ``size`` (also tests/test_any_model.py's list)."""
+    return {
+        "resnet34": {},  # this project's registered copy of torchvision's
+        "mobilenet_v2": {},
+        "resnext50_32x4d": {},
+        "mobilenet_v3_small": {},
+        "efficientnet_b0": {},
+        "mnasnet0_5": {},
+        "regnet_x_400mf": {},
+        "convnext_tiny": {},
+        "swin_t": {},
+        "vit_b_16": {"image_size": size},
+        "timm/resnet18": {},
+        "timm/resnetv2_50": {},
+        "timm/convnext_atto": {},
+        "timm/efficientnet_b0": {},
+        "timm/mobilenetv3_small_100": {},
+        "timm/regnetx_002": {},
+        "timm/vit_tiny_patch16_224": {"img_size": size},
+        "timm/deit_tiny_patch16_224": {"img_size": size},
+        "timm/swin_tiny_patch4_window7_224": {"img_size": size, "window_size": max(2, size // 16)},
+        "timm/mixer_s16_224": {"img_size": size},
+        "timm/poolformer_s12": {},
+        "timm/levit_128s": {"img_size": size},
+    }
+
+
+TRANSFORMERS = {"swin_t", "vit_b_16", "timm/vit_tiny_patch16_224", "timm/deit_tiny_patch16_224",
+                "timm/swin_tiny_patch4_window7_224", "timm/mixer_s16_224", "timm/poolformer_s12", "timm/levit_128s"}
+"""The families whose blocks have two branches (attention or token mixing, then an MLP)."""
+FAMILIES = families(SIZE)
 PLAIN_RESNET56 = "benchmarks/plain_cifar_resnet.py:resnet56"
 SHARED_TIMINGS = PLAIN_RESNET56 + " (registered run's timings)"
 

@@ -28,33 +28,9 @@ from dfpractise.report import write_json
 
 pytest.importorskip("timm")
 
-# name -> builder options; the transformers also offer their attention and MLP branches as units
-ARCHITECTURES = {
-    "resnet18": {},  # this project's registered copy of torchvision's
-    "mobilenet_v2": {},
-    "resnext50_32x4d": {},
-    "mobilenet_v3_small": {},
-    "efficientnet_b0": {},
-    "mnasnet0_5": {},
-    "regnet_x_400mf": {},
-    "convnext_tiny": {},
-    "swin_t": {},
-    "vit_b_16": {"image_size": 32},
-    "timm/resnet18": {},
-    "timm/resnetv2_50": {},
-    "timm/convnext_atto": {},
-    "timm/efficientnet_b0": {},
-    "timm/mobilenetv3_small_100": {},
-    "timm/regnetx_002": {},
-    "timm/vit_tiny_patch16_224": {"img_size": 32},
-    "timm/deit_tiny_patch16_224": {"img_size": 32},
-    "timm/swin_tiny_patch4_window7_224": {"img_size": 32, "window_size": 2},
-    "timm/mixer_s16_224": {"img_size": 32},
-    "timm/poolformer_s12": {},
-    "timm/levit_128s": {"img_size": 32},
-}
-TRANSFORMERS = {"swin_t", "vit_b_16", "timm/vit_tiny_patch16_224", "timm/deit_tiny_patch16_224",
-                "timm/swin_tiny_patch4_window7_224", "timm/mixer_s16_224", "timm/poolformer_s12", "timm/levit_128s"}
+from benchmarks.any_model import TRANSFORMERS, families  # noqa: E402
+
+ARCHITECTURES = families(32)  # the benchmark's families, at 32 px
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
