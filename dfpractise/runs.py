@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Protocol, TypeVar
 
-import torch
 from torch import nn
 
 from .errors import ConfigError, DataError, ModelError
