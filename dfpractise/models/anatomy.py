@@ -20,7 +20,7 @@ Branch scaling (layer-scale, drop-path) sits on the branch side and does not hid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,10 +66,6 @@ class Probe:
 
     calls: dict[str, list[Call]]
     order: list[Call]
-
-    def only_call(self, name: str) -> Call | None:
-        calls = self.calls.get(name, [])
-        return calls[0] if len(calls) == 1 else None
 
 
 def probe(model: nn.Module, example: torch.Tensor) -> Probe:
@@ -157,7 +153,7 @@ def analyse(module: nn.Module, call: Call) -> Anatomy:
     add = _first_add(output.grad_fn)
     if add is not None:
         operands = [n for n, _ in add.next_functions if n is not None]
-        if len(operands) == 2 and all(entry_node in _reachable(n, entry_node) for n in operands):
+        if len(operands) == 2 and all(id(entry_node) in _ancestors([n], None) for n in operands):
             sides = [inner.branch(module, _ancestors([n], entry_node)) for n in operands]
             counts = [inner.linear_count(_ancestors([n], entry_node)) for n in operands]
             branch, shortcut = (sides[0], sides[1]) if counts[0] >= counts[1] else (sides[1], sides[0])
@@ -250,7 +246,8 @@ def _first_add(node: Any) -> Any:
 
 
 def _ancestors(nodes: list[Any], stop: Any) -> set[int]:
-    """Ids of every node reachable from ``nodes`` (themselves included), not going past ``stop``."""
+    """Ids of every node reachable from ``nodes`` (themselves included), not going past ``stop``
+    (``stop`` None: all the way to the leaves)."""
     seen: set[int] = set()
     stack = list(nodes)
     while stack:
@@ -260,18 +257,6 @@ def _ancestors(nodes: list[Any], stop: Any) -> set[int]:
         seen.add(id(node))
         stack.extend(n for n, _ in node.next_functions)
     return seen
-
-
-def _reachable(node: Any, target: Any) -> Iterator[Any]:
-    stack, seen = [node], set()
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        if current is not target:
-            stack.extend(n for n, _ in current.next_functions)
 
 
 def _zero_template(first_input: Any, output: Any) -> bool:
