@@ -178,6 +178,7 @@ def main() -> None:
               help="Synthesizer setting for synthetic/diffusion sources, e.g. steps=200 (repeatable).")
 @setting_option("--cache-dir", path="data.cache_dir")
 @setting_option("--rebuild-cache", path="data.rebuild_cache")
+@setting_option("--save-samples", path="data.save_samples")
 @setting_option("--eval-data", path="data.eval_path")
 @setting_option("--latency-reduction", path="latency_reduction")
 @setting_option("--drop", path="drop")

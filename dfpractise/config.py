@@ -142,6 +142,9 @@ class DataConfig(Settings):
                                   "under $DFPRACTISE_CACHE/synthetic).")
     rebuild_cache: bool = Field(False, description="Replace a synthetic cache made with other settings instead "
                                 "of refusing it.")
+    save_samples: bool = Field(False, description="Keep a grid of the tiny set's images (samples.png) in the run "
+                               "folder; synthesised sets always keep theirs, real and out-of-domain ones only "
+                               "their file names and hashes unless asked.")
 
 
 class LatencyConfig(Settings):

@@ -110,8 +110,14 @@ def compress(
     config.validate()
     progress = progress or Progress()
     shareable = teacher is None and source is None and drop_cost is None
-    folder = runs.RunFolder.open(out_dir, config, resume=resume, overwrite=overwrite,
-                                 reuse=reuse if shareable else None)
+    with runs.RunFolder.open(out_dir, config, resume=resume, overwrite=overwrite,
+                             reuse=reuse if shareable else None) as folder:
+        return _compress(config, folder, teacher, source, drop_cost, progress)
+
+
+def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | None, source: Any,
+              drop_cost: DropCost | None, progress: Progress) -> CompressionResult:
+    """``compress`` in a locked run folder."""
     if folder.finished:
         progress.log(f"{folder.path} is already finished; nothing to resume")
         return _finished(folder.path)
@@ -126,7 +132,7 @@ def compress(
         tiny = load_tiny_set(config, setup.teacher, setup.weights_sha, progress, source=source)
         check_tiny_set(config, tiny, progress)
         folder.start(config)
-        folder.save_tiny_set(tiny)
+        folder.save_tiny_set(tiny, save_samples=config.data.save_samples)
     augment = train_augmentation(setup.spec.input_size)
     key = ("latency", config.model, setup.weights_sha or setup.weights_ref, config.device, repr(config.latency))
     # 3. ΔLat of each block, measured on the real pruned network
@@ -149,7 +155,7 @@ def compress(
                            labels=tiny.labels, seed=config.seed, device=config.device, progress=progress,
                            checkpoint=folder.checkpoint, adapter=setup.adapter)
     folder.save_model(pruned, setup.teacher, runs.make_manifest(
-        config.model, setup.spec, setup.weights_ref, setup.weights_sha, selection.dropped,
+        config.model, setup.spec, setup.weights_ref if setup.weights_sha else None, setup.weights_sha, selection.dropped,
         reference_of(setup.teacher), setup.adapter.options))
     # 7. Accuracy on held-out images, latency verified in this process
     with timer("evaluation"):

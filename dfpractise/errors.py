@@ -34,6 +34,10 @@ class TargetError(DFPractiseError):
     """A latency target cannot be met by dropping the available blocks."""
 
 
+class DivergedError(DFPractiseError):
+    """A training loss became NaN or infinite: the phase stopped and its last good state is kept."""
+
+
 class SynthesisError(DFPractiseError):
     """Image synthesis cannot go on (its loss diverged, or its inputs cannot drive it)."""
 

@@ -17,6 +17,7 @@ names one is ``scoring.scorer`` (``--scorer``).
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import time
 from abc import ABC, abstractmethod
@@ -29,7 +30,7 @@ from synthesizers.registry import Registry
 from torch import nn
 
 from .config import ScoringConfig
-from .errors import ConfigError
+from .errors import ConfigError, DivergedError
 from .models.adapter import ModelAdapter, Stage, adapter_for
 from .models.blocks import Block
 from .progress import Progress
@@ -151,7 +152,13 @@ class RecoverabilityCost(DropCost):
                     costs[block.name] = _fit_adaptors(
                         adapter, block, runs[block.stage], targets, clean, config, generator,
                         lambda loss, b=block.name: task.advance(1, block=b, loss=loss),
+                        on_diverged=lambda step, b=block.name: progress.log(
+                            f"scoring: the adaptor fit of {b} diverged at iteration {step} of {config.iterations} "
+                            f"(scoring.lr {config.lr:g}); its cost is the identity adaptors' error"),
                     )
+                    if not math.isfinite(costs[block.name]):
+                        raise DivergedError(f"scoring stopped at block {block.name}: the teacher's features "
+                                            "without it are NaN/Inf, so no drop cost can be measured")
                     if self.on_block is not None:
                         self.on_block(block.name, costs[block.name], time.perf_counter() - started)
             costs = {b.name: costs[b.name] for b in context.blocks}  # network order, as before
@@ -254,6 +261,7 @@ def _fit_adaptors(
     config: ScoringConfig,
     generator: torch.Generator,
     on_step: Callable[[float], None],
+    on_diverged: Callable[[int], None] | None = None,
 ) -> float:
     """Fit adaptors around the hole left by ``block``; return the feature MSE on the clean set."""
     with adapter.holes([block.name]) as student:
@@ -277,6 +285,8 @@ def _fit_adaptors(
                     index = torch.randint(low, total, (min(config.batch_size, total - low),), generator=generator)
                     loss = F.mse_loss(run.features(adapter, student, index), targets[index])
                     if not torch.isfinite(loss):
+                        if on_diverged is not None:
+                            on_diverged(done + 1)
                         for _ in range(done, config.iterations):
                             on_step(float("nan"))
                         break

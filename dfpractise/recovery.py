@@ -26,7 +26,7 @@ from synthesizers.registry import Registry
 from torch import nn
 
 from .config import RecoveryConfig
-from .errors import ConfigError
+from .errors import ConfigError, DataError, DivergedError
 from .models.adapter import ModelAdapter, adapter_for
 from .progress import Progress
 from .interrupt import deferred_interrupt
@@ -135,6 +135,8 @@ def recover(
                     x = x.contiguous(memory_format=torch.channels_last)
                 target = labels[index] if labels is not None else None
                 loss = loss_fn(adapter, student, teacher, x, target, config)
+                if not torch.isfinite(loss):
+                    raise _diverged(method, iteration + 1, config, loss.item(), lr, checkpoint)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -146,7 +148,7 @@ def recover(
                     result.losses.append((done, sum(window) / len(window)))
                     window = []
                 periodic = config.checkpoint_every and done % config.checkpoint_every == 0
-                if checkpoint is not None and (periodic or interrupted()):
+                if checkpoint is not None and (periodic or interrupted()) and _finite(student):
                     _save_checkpoint(checkpoint, done, student, optimizer, scheduler, generator, result)
                 if interrupted():
                     raise KeyboardInterrupt
@@ -155,9 +157,28 @@ def recover(
             p.requires_grad_(teacher_grad[n])
         student.to(memory_format=torch.contiguous_format).eval()
         teacher.to(memory_format=torch.contiguous_format)
+    if not _finite(student):  # the last step's update overflowed after a finite loss
+        raise _diverged(method, config.iterations, config, float("nan"), lr, checkpoint, weights=True)
     result.final_loss = result.losses[-1][1] if result.losses else None
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _diverged(method: str, iteration: int, config: RecoveryConfig, value: float, lr: float,
+              checkpoint: Path | None, weights: bool = False) -> DivergedError:
+    """The one message for a recovery that blew up: where, why it probably did, what is kept."""
+    what = "the weights became NaN/Inf" if weights else f"the loss became {value}"
+    kept = ""
+    if checkpoint is not None and checkpoint.exists():
+        kept = f"; the last good checkpoint is kept in {checkpoint}"
+    return DivergedError(
+        f"recovery ({method}) stopped at iteration {iteration} of {config.iterations}: {what} "
+        f"(lr {lr:g}); lower recovery.lr and run again{kept}"
+    )
 
 
 def _trainable(adapter: ModelAdapter, student: nn.Module, features_only: bool) -> list[nn.Parameter]:
@@ -213,11 +234,22 @@ def _save_checkpoint(path: Path, iteration, student, optimizer, scheduler, gener
 
 
 def _load_checkpoint(path: Path, student, optimizer, scheduler, generator, result) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    student.load_state_dict(state["student"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    result.losses = [(int(i), float(v)) for i, v in state["losses"]]
-    return int(state["iteration"])
+    """Restore a checkpoint this loop wrote; anything else (empty, truncated, another model's, a
+    pickle that needs arbitrary code) is refused in one line and never executed."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        result.losses = [(int(i), float(v)) for i, v in state["losses"]]
+        iteration = int(state["iteration"])
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the answer is the same
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path} is not a usable recovery checkpoint ({reason[:160]}); delete it to restart "
+                        "recovery from the beginning (the finished phases are kept)") from None
+    if not 0 <= iteration <= result.iterations:
+        raise DataError(f"{path} is at iteration {iteration}, outside this recovery's {result.iterations}; "
+                        "delete it to restart recovery")
+    return iteration

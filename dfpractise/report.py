@@ -28,8 +28,24 @@ DASH = "—"
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON, atomically: readers never see half a report."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    """Write ``obj`` as indented JSON, atomically: readers never see half a report.
+
+    NaN and infinities (not JSON) are written as null, so every file stays valid JSON.
+    """
+    return write_text_atomic(path, json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON types only, non-finite numbers as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return _plain(_jsonable(value))
 
 
 def read_json(path: str | Path) -> Any:

@@ -23,8 +23,7 @@ from dfpractise.models.adapter import adapter_for, spec_of
 from dfpractise.models.reference import load_model, reference_of
 from dfpractise.recoverability import RecoverabilityCost, ScoringContext
 from dfpractise.recovery import recover
-from dfpractise.runs import TEACHER_WEIGHTS, WEIGHTS, load_run, make_manifest, save_weights
-from dfpractise.report import write_json
+from dfpractise.runs import load_run, make_manifest, save_model
 
 pytest.importorskip("timm")
 
@@ -60,10 +59,8 @@ def test_every_family_discovers_drops_rebuilds_scores_and_recovers(name, tmp_pat
     assert comparison.reduction("pruned", "teacher")[0] > 0.0
 
     spec = spec_of(teacher)
-    save_weights(teacher, tmp_path / TEACHER_WEIGHTS)
-    save_weights(pruned, tmp_path / WEIGHTS)
-    write_json(make_manifest(name, spec, None, None, dropped, reference_of(teacher), adapter.options),
-               tmp_path / "manifest.json")
+    save_model(tmp_path, pruned, teacher,
+               make_manifest(name, spec, None, None, dropped, reference_of(teacher), adapter.options))
     rebuilt = load_run(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.pruned.eval()(x), pruned(x))

@@ -142,9 +142,10 @@ def test_cli_run_with_out_of_domain_images(tmp_path, assets_dir):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["source"] == "ood" and report["num_images"] == 16 and report["tiny_set"] is None
-    assert (out / "samples.png").exists()
-    entries = [l for l in (out / "tiny_set.txt").read_text().splitlines() if not l.startswith("#")]
-    assert len(entries) == 16 and all(e.endswith(".JPEG") and "\t" not in e for e in entries)
+    assert not (out / "samples.png").exists(), "no pixels of the user's images without --save-samples"
+    entries = [l.split("\t") for l in (out / "tiny_set.txt").read_text().splitlines() if not l.startswith("#")]
+    assert len(entries) == 16
+    assert all(name.endswith(".JPEG") and label == "" and len(sha) == 64 for name, label, sha in entries)
 
 
 def test_cli_run_with_bp_recovery_needs_labels_that_ood_lacks(tmp_path, assets_dir):

@@ -64,7 +64,9 @@ class TinySet:
         """Write which files (and labels) the set holds, one per line, tab separated.
 
         A comment header records how the set was drawn, so the list plus the header rebuild the
-        same set. Sets without files (synthesised images) write a header only.
+        same set; each file's sha256 says whether it is still the image the run saw. The list
+        holds names and hashes, never pixels: a team's private images stay where they were.
+        Sets without files (synthesised images) write a header only.
         """
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,9 +74,12 @@ class TinySet:
         lines = ["# dfpractise tiny set: " + " ".join(f"{k}={v}" for k, v in header.items())]
         if self.class_names is not None:
             lines.append("# classes: " + " ".join(self.class_names))
+        if self.files:
+            lines.append("# columns: file, label (empty when unlabelled), sha256 of the file")
         labels = self.labels.tolist() if self.labels is not None else [None] * len(self)
+        root = Path(str(self.info.get("root", "")))
         for name, label in zip(self.files or [], labels):
-            lines.append(name if label is None else f"{name}\t{label}")
+            lines.append(f"{name}\t{'' if label is None else label}\t{_file_sha256(name, root)}")
         return write_text_atomic(out, "\n".join(lines) + "\n")
 
 
@@ -84,9 +89,22 @@ def read_file_list(path: str | Path) -> list[tuple[str, int | None]]:
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if not line.strip() or line.startswith("#"):
             continue
-        name, _, label = line.partition("\t")
+        name, _, rest = line.partition("\t")
+        label = rest.split("\t")[0]
         entries.append((name, int(label) if label.strip() else None))
     return entries
+
+
+def _file_sha256(name: str, root: Path) -> str:
+    """The file's sha256 (found as listed, else under the set's root); empty if it cannot be read."""
+    import hashlib
+
+    for path in (Path(name), root / name):
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            continue
+    return ""
 
 
 @dataclass
