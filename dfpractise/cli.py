@@ -20,6 +20,7 @@ from rich.console import Console
 from .config import RegistryRef, setting
 from .models.adapter import spec_of
 from .errors import ConfigError, DFPractiseError
+from .export import EXPORT_FORMATS, EXPORTERS
 from .sources import SOURCES
 from .synthesis import synthesis_sources
 
@@ -310,6 +311,42 @@ def latency(run_dir, repeats, threads, device, quiet, as_json) -> None:
             f"teacher {result['teacher_ms']:.2f} ms, pruned {result['pruned_ms']:.2f} ms at batch "
             f"{result['batch_size']}: {100 * median:.1f}% faster (IQR {100 * q25:.1f}-{100 * q75:.1f}%), "
             f"speed-up {result['speedup']:.2f}x"
+        )
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--format", "format_", required=True, type=click.Choice(EXPORT_FORMATS.names()),
+              help="onnx (checked in onnxruntime), torchscript (traced; checked with torch.jit.load) or "
+              "safetensors (weights plus the manifest that rebuilds the model: dfpractise.load(FILE)).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--opset", type=click.IntRange(min=7), help="ONNX opset (default: the exporter's).")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True,
+              help="Leave the batch axis free (checked at two batch sizes), or fix it to --batch-size.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="The batch of a --static-batch file (default 1).")
+@click.option("--exporter", type=click.Choice(EXPORTERS), default=EXPORTERS[0], show_default=True,
+              help="ONNX exporter: torch's TorchScript-based one or torch.export's (dynamo, needs onnxscript).")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def export_command(run_dir, format_, out_path, opset, dynamic_batch, batch_size, exporter, quiet, as_json) -> None:
+    """Write the compressed model of RUN_DIR to a file a runtime loads, and check it there.
+
+    Input: float32 N x 3 x H x W, normalised with the run's mean and std (recorded in the file);
+    output: logits. The file is kept only if its logits match PyTorch's on the run's tiny-set images
+    (random inputs when they cannot be read) within 1e-4 x max(1, max |logit|).
+    """
+    from .export import export_run
+
+    result = export_run(run_dir, out_path, format_, dynamic_batch=dynamic_batch, batch_size=batch_size,
+                        opset=opset, exporter=exporter)
+    if as_json:
+        _emit_json(result.to_json())
+    elif not quiet:
+        Console().print(
+            f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.1f} MB): max |diff| "
+            f"{result.max_abs_diff:.2e} <= {result.allowed:.2e} vs PyTorch in {result.runtime}, batch "
+            f"{' and '.join(map(str, result.batch_sizes))}, on {result.inputs}"
         )
 
 
