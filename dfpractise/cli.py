@@ -192,6 +192,7 @@ def main() -> None:
 @setting_option("--resolution", path="latency.resolution")
 @setting_option("--latency-repeats", path="latency.repeats")
 @setting_option("--threads", path="latency.threads")
+@setting_option("--latency-backend", path="latency.backend")
 @setting_option("--device", path="device")
 @setting_option("--seed", path="seed")
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
@@ -276,20 +277,25 @@ def blocks(model_option_pairs, quiet, as_json, **settings) -> None:
 @click.option("--repeats", type=click.IntRange(min=1), help="Rounds of timing (default: twice the run's).")
 @click.option("--threads", type=click.IntRange(min=1))
 @click.option("--device", help="Default: the run's device.")
+@setting_option("--backend", path="latency.backend", help="Runtime to time on: torch (eager PyTorch) or "
+                "onnxruntime (both models exported to ONNX, CPU). Default: the run's (latency.backend).")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def latency(run_dir, repeats, threads, device, quiet, as_json) -> None:
+def latency(run_dir, repeats, threads, device, latency__backend, quiet, as_json) -> None:
     """Time the teacher and the compressed model of RUN_DIR, interleaved, in this process."""
     from dataclasses import replace
 
+    from .backends import check_backend
     from .latency import Timing, compare_latency
     from .runs import load_run
 
     loaded = load_run(run_dir)
     config = loaded.config
     timing = Timing.from_config(config.latency, spec_of(loaded.teacher).input_size, device or config.device)
-    timing = replace(timing, repeats=repeats or 2 * timing.repeats, threads=threads or timing.threads)
+    timing = replace(timing, repeats=repeats or 2 * timing.repeats, threads=threads or timing.threads,
+                     backend=latency__backend or timing.backend)
+    check_backend(timing)
     comparison = compare_latency({"teacher": loaded.teacher, "pruned": loaded.pruned}, timing,
                                  progress=_progress(quiet or as_json))
     median, q25, q75 = comparison.reduction("pruned", "teacher")
@@ -303,12 +309,13 @@ def latency(run_dir, repeats, threads, device, quiet, as_json) -> None:
         "resolution": comparison.resolution,
         "threads": comparison.threads,
         "device": comparison.device,
+        "backend": comparison.backend,
     }
     if as_json:
         _emit_json(result)
     else:
         Console().print(
-            f"teacher {result['teacher_ms']:.2f} ms, pruned {result['pruned_ms']:.2f} ms at batch "
+            f"{result['backend']}: teacher {result['teacher_ms']:.2f} ms, pruned {result['pruned_ms']:.2f} ms at batch "
             f"{result['batch_size']}: {100 * median:.1f}% faster (IQR {100 * q25:.1f}-{100 * q75:.1f}%), "
             f"speed-up {result['speedup']:.2f}x"
         )

@@ -54,6 +54,7 @@ def registered(module: str, registry: str) -> Any:
 DropCostName = registered("recoverability", "DROP_COSTS")
 RecoveryName = registered("recovery", "RECOVERY_METHODS")
 SelectionName = registered("selection", "SELECTION_METHODS")
+BackendName = registered("backends", "BACKENDS")
 
 
 def _open_unit_interval(value: float | None) -> float | None:
@@ -156,6 +157,8 @@ class LatencyConfig(Settings):
     warmup: int = Field(2, ge=0, description="Untimed forwards of each model before timing.")
     repeats: int = Field(10, ge=1, description="Interleaved timing rounds.")
     threads: int | None = Field(None, ge=1, description="CPU threads for latency measurements (default: torch's).")
+    backend: BackendName = Field("torch", description="Runtime latency is measured on, so the target holds there: "
+                                 "torch (eager PyTorch) or onnxruntime (the model exported to ONNX, on CPU).")
     pool_identical: bool = Field(True, description="Blocks with identical shapes and layers share one ΔLat.")
     # on a noisy machine two measurements of the same pair differ by a few points, and a cut
     # should not fall short later

@@ -23,6 +23,7 @@ from torch import nn
 
 from . import runs
 from .augment import normalize, train_augmentation
+from .backends import check_backend
 from .config import RunConfig
 from .errors import ConfigError, TargetError
 from .latency import BlockLatencyProfile, Timing, compare_latency, cut_measure, profile_blocks
@@ -183,6 +184,7 @@ def prepare(config: RunConfig, teacher: nn.Module | None = None, drop_cost: Drop
     if config.drop is not None and config.drop > groups:
         raise TargetError(f"asked to drop {config.drop} blocks but {config.model} has only {groups} droppable blocks")
     timing = Timing.from_config(config.latency, adapter.spec.input_size, config.device)
+    check_backend(timing)  # a missing onnxruntime is said now, not after the tiny set is read
     return Setup(teacher, weights_ref, weights_sha, adapter, drop_cost or create_drop_cost(config.scoring.scorer),
                  timing)
 

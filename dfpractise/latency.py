@@ -4,7 +4,8 @@ These machines are noisy (the same forward varies by 10% run to run), so models 
 are timed in the same rounds, one forward each per round, in a rotating order; a reduction is the
 median over rounds of the per-round ratio, and its spread is the inter-quartile range of those
 ratios. Always eval mode and no grad: a train-mode forward would change BatchNorm statistics.
-What to time with (batch, resolution, rounds, threads, device, clock) travels as one ``Timing``.
+What to time with (batch, resolution, rounds, threads, device, runtime, clock) travels as one
+``Timing``; the runtime is a backend of ``dfpractise.backends`` (eager PyTorch or onnxruntime).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from .progress import Progress
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .config import LatencyConfig
 
 
@@ -28,7 +30,9 @@ if TYPE_CHECKING:
 class Timing:
     """How models are timed: the one object every measurement takes.
 
-    ``clock`` returns seconds; tests pass a fake one so that measured ratios are exact.
+    ``backend`` names the runtime the forwards run on (``dfpractise.backends``: ``torch`` or
+    ``onnxruntime``). ``clock`` returns seconds; tests pass a fake one so that measured ratios are
+    exact.
     """
 
     batch_size: int = 64
@@ -38,13 +42,14 @@ class Timing:
     threads: int | None = None
     device: str = "cpu"
     channels_last: bool = True
+    backend: str = "torch"
     clock: Callable[[], float] = field(default=time.perf_counter, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: "LatencyConfig", input_size: int, device: str = "cpu") -> "Timing":
         """A run's timing: its latency settings, at the model's input size unless one is set."""
         return cls(config.batch_size, config.resolution or input_size, config.repeats, config.warmup,
-                   config.threads, str(device))
+                   config.threads, str(device), backend=config.backend)
 
     def longer(self, factor: int) -> "Timing":
         """The same timing with ``factor`` times the rounds (a confirming measurement)."""
@@ -66,6 +71,7 @@ class LatencyComparison:
     threads: int = 0
     device: str = "cpu"
     paired: dict[str, list[float]] = field(default_factory=dict)
+    backend: str = "torch"
 
     def median_ms(self, name: str) -> float:
         return 1000.0 * statistics.median(self.times[name])
@@ -102,76 +108,63 @@ def compare_latency(
     progress: Progress | None = None,
     description: str = "Timing",
     reference: str | None = "teacher",
+    backend: "Backend | None" = None,
 ) -> LatencyComparison:
-    """Time every model in interleaved rounds on one random batch.
+    """Time every model in interleaved rounds on one random batch, on ``timing.backend``.
 
     If ``reference`` names one of ``models``, it is timed before and after every other model
-    (see ``LatencyComparison``); otherwise the models simply take turns.
+    (see ``LatencyComparison``); otherwise the models simply take turns. ``backend``: an instance
+    of ``timing.backend`` to reuse across measurements of unchanged models (it may keep what it
+    prepared for them, such as the teacher's onnxruntime session); default a fresh one.
     """
-    device = torch.device(timing.device)
+    from .backends import create_backend
+
+    backend = backend or create_backend(timing.backend)
+    backend.check(timing)
     progress = progress or Progress()
-    x = torch.randn(timing.batch_size, 3, timing.resolution, timing.resolution, device=device)
-    channels_last = timing.channels_last and device.type == "cpu"
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     names = list(models)
     if reference not in models:
         reference = None
-    states = {name: _prepare(model, device, channels_last) for name, model in models.items()}
+    x = backend.batch(timing)
+    forwards = {}  # prepared and given back outside inference mode: parameters stay ordinary tensors
+    try:
+        for name, model in models.items():
+            forwards[name] = backend.forward(model, x, timing)
 
-    def timed(name: str) -> float:
-        _synchronize(device)
-        start = timing.clock()
-        models[name](x)
-        _synchronize(device)
-        return timing.clock() - start
+        def timed(name: str) -> float:
+            start = timing.clock()
+            forwards[name](x)
+            return timing.clock() - start
 
-    with torch_threads(timing.threads) as used_threads, torch.inference_mode():
-        for model in models.values():
-            for _ in range(timing.warmup):
-                model(x)
-        _synchronize(device)
-        times: dict[str, list[float]] = {name: [] for name in names}
-        paired: dict[str, list[float]] = {}
-        others = [n for n in names if n != reference]
-        with progress.task(description, total=timing.repeats) as task:
-            for round_index in range(timing.repeats):
-                shift = round_index % len(others) if others else 0
-                order = others[shift:] + others[:shift]
-                if reference is None:
-                    for name in order:
-                        times[name].append(timed(name))
-                else:
-                    before = timed(reference)
-                    times[reference].append(before)
-                    for name in order:
-                        times[name].append(timed(name))
-                        after = timed(reference)
-                        times[reference].append(after)
-                        paired.setdefault(name, []).append(0.5 * (before + after))
-                        before = after
-                task.advance(1)
-    for name, model in models.items():
-        _restore(model, states[name])
-    return LatencyComparison(times, timing.batch_size, timing.resolution, used_threads, str(device), paired)
-
-
-def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> bool:
-    was_training = model.training
-    model.eval().to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return was_training
-
-
-def _restore(model: nn.Module, was_training: bool) -> None:
-    model.to(memory_format=torch.contiguous_format)
-    model.train(was_training)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        with backend.running(timing) as used_threads:
+            for forward in forwards.values():
+                for _ in range(timing.warmup):
+                    forward(x)
+            times: dict[str, list[float]] = {name: [] for name in names}
+            paired: dict[str, list[float]] = {}
+            others = [n for n in names if n != reference]
+            with progress.task(description, total=timing.repeats) as task:
+                for round_index in range(timing.repeats):
+                    shift = round_index % len(others) if others else 0
+                    order = others[shift:] + others[:shift]
+                    if reference is None:
+                        for name in order:
+                            times[name].append(timed(name))
+                    else:
+                        before = timed(reference)
+                        times[reference].append(before)
+                        for name in order:
+                            times[name].append(timed(name))
+                            after = timed(reference)
+                            times[reference].append(after)
+                            paired.setdefault(name, []).append(0.5 * (before + after))
+                            before = after
+                    task.advance(1)
+    finally:
+        for forward in forwards.values():
+            forward.close()
+    return LatencyComparison(times, timing.batch_size, timing.resolution, used_threads,
+                             str(torch.device(timing.device)), paired, backend=timing.backend)
 
 
 @dataclass
@@ -194,18 +187,20 @@ class BlockLatencyProfile:
     teacher_ms: float
     blocks: list[BlockLatency]
     all_dropped_cut_percent: float  # the measured cut with every candidate dropped
+    backend: str = "torch"  # the runtime the blocks were timed on (dfpractise.backends)
 
     def by_name(self) -> dict[str, BlockLatency]:
         return {b.name: b for b in self.blocks}
 
     def to_json(self) -> dict[str, Any]:
         return {"teacher_ms": self.teacher_ms, "all_dropped_cut_percent": self.all_dropped_cut_percent,
-                "blocks": [{**asdict(b), "spread": list(b.spread)} for b in self.blocks]}
+                "backend": self.backend, "blocks": [{**asdict(b), "spread": list(b.spread)} for b in self.blocks]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "BlockLatencyProfile":
         blocks = [BlockLatency(**{**b, "spread": tuple(b["spread"])}) for b in data["blocks"]]
-        return cls(float(data["teacher_ms"]), blocks, float(data["all_dropped_cut_percent"]))
+        return cls(float(data["teacher_ms"]), blocks, float(data["all_dropped_cut_percent"]),
+                   str(data.get("backend", "torch")))
 
 
 def profile_blocks(
@@ -225,16 +220,19 @@ def profile_blocks(
     otherwise reorder them. A saving that is near zero or negative is clamped to a small positive
     floor so that it cannot blow up or flip a score; the record says so.
     """
+    from .backends import create_backend
     from .models.blocks import drop_blocks
 
     progress = progress or Progress()
+    backend = create_backend(timing.backend)  # one for all variants: the teacher is prepared once
     ratios: dict[str, list[float]] = {}
     teacher_times: list[float] = []
     whole = [b.name for b in blocks if getattr(b, "part", None) is None]  # a block's branches go with it
     variants = [(b.name, [b.name]) for b in blocks] + [("<all>", whole)]
     with progress.task("Timing blocks", total=len(variants)) as task:
         for name, dropped in variants:
-            comparison = compare_latency({"teacher": model, name: drop_blocks(model, dropped)}, timing)
+            comparison = compare_latency({"teacher": model, name: drop_blocks(model, dropped)}, timing,
+                                         backend=backend)
             ratios[name] = [
                 (ref - t) / ref for ref, t in zip(comparison.paired[name], comparison.times[name], strict=True)
             ]
@@ -266,7 +264,8 @@ def profile_blocks(
         for b in blocks
     ]
     all_dropped = 100.0 * statistics.median(ratios["<all>"])
-    return BlockLatencyProfile(1000.0 * statistics.median(teacher_times), records, all_dropped_cut_percent=all_dropped)
+    return BlockLatencyProfile(1000.0 * statistics.median(teacher_times), records, all_dropped_cut_percent=all_dropped,
+                               backend=timing.backend)
 
 
 def _signature(model: nn.Module, block) -> tuple:
@@ -278,12 +277,15 @@ def _signature(model: nn.Module, block) -> tuple:
 
 def cut_measure(model: nn.Module, timing: Timing, progress: Progress | None = None):
     """A ``selection.Measure``: the measured cut of dropping blocks from ``model``, paired against it."""
+    from .backends import create_backend
     from .models.blocks import drop_blocks
     from .selection import MeasuredCut
 
+    backend = create_backend(timing.backend)
+
     def measure(blocks: list[str], rounds: int = 1) -> MeasuredCut:
         comparison = compare_latency({"teacher": model, "pruned": drop_blocks(model, blocks)}, timing.longer(rounds),
-                                     progress=progress, description="Measuring selection")
+                                     progress=progress, description="Measuring selection", backend=backend)
         median, q25, q75 = comparison.reduction("pruned", "teacher")
         return MeasuredCut(median, (q25, q75), list(blocks))
 

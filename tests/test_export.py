@@ -190,8 +190,19 @@ def test_cli_export_json(run_dir, tmp_path):
     assert data["max_abs_diff"] <= data["allowed"] and data["runtime"].startswith("onnxruntime")
 
 
+def test_cli_latency_on_onnxruntime_reports_the_backend(run_dir):
+    result = _invoke("latency", run_dir, "--backend", "onnxruntime", "--repeats", "2", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["backend"] == "onnxruntime" and data["teacher_ms"] > 0 and data["pruned_ms"] > 0
+    assert data["batch_size"] == 8 and data["resolution"] == 32
+    torch_run = json.loads(_invoke("latency", run_dir, "--repeats", "1", "--json").stdout)
+    assert torch_run["backend"] == "torch", "default: the run's backend"
+
+
 @pytest.mark.parametrize("command", [
     ["export", "{run}", "--format", "onnx", "--out", "{tmp}/m.onnx"],
+    ["latency", "{run}", "--backend", "onnxruntime", "--json"],
 ])
 def test_without_onnxruntime_one_line_says_how_to_install_it(command, run_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
