@@ -156,3 +156,39 @@ def test_robustness_section_shows_what_the_json_holds(tmp_path):
     assert "| mCE vs teacher | 100.0 | 120.0 |" in text and "| severity 5, mean of corruptions | 60.00 | 50.00 |" in text
     assert plot.read_bytes()[:4] == b"\x89PNG" and "![top-1 under corruption](robustness.png)" in text
     assert robustness_report.section({}, plot, tmp_path) == []
+
+
+def test_the_deployment_section_shows_each_runtimes_cut_and_whether_the_target_holds_there():
+    from benchmarks import deployment_report
+
+    def cell(cuts, threads=2, repeats=30):
+        return {"threads": threads, "repeats": repeats, "ms": {"teacher": 50.0, **{n: 35.0 for n in cuts}},
+                "cut": {n: [c, c - 0.02, c + 0.02] for n, c in cuts.items()}}
+
+    record = {
+        "date": "2026-12-01", "machine": "test box", "commit": "abc1234", "torch": "2.14.1", "onnxruntime": "1.32.0",
+        "run": "runs/r56", "model": "cifar10_resnet56", "target": 0.3, "selected_on": "torch", "dropped": ["a", "b"],
+        "latency": {"64": {"torch": cell({"pruned": 0.33}), "onnxruntime": cell({"pruned": 0.26})}},
+        "accuracy": {"count": 500, "teacher": {"pytorch_top1": 88.4, "onnx_top1": 88.4, "same_class": 100.0,
+                                               "max_abs_diff": 1e-5},
+                     "pruned": {"pytorch_top1": 86.6, "onnx_top1": 86.4, "same_class": 99.8, "max_abs_diff": 2e-5}},
+        "export": {"onnx": {"runtime": "onnxruntime 1.32.0", "inputs": "8 tiny-set images from tiny_set.txt",
+                            "batch_sizes": [1, 8], "max_abs_diff": 6e-6, "allowed": 2e-3, "bytes": 3.2e6}},
+        "selection": {
+            "run": "runs/r56-ort", "recovery_iterations": 2000, "score_iterations": 50,
+            "dropped": {"torch-selected": ["a", "b"], "onnxruntime-selected": ["a", "b", "c"]},
+            "top1": {"teacher": 89.36, "torch-selected": 88.58, "onnxruntime-selected": 87.9},
+            "run_reports": {"torch-selected": {"reduction": 0.336, "backend": "torch"},
+                            "onnxruntime-selected": {"reduction": 0.321, "backend": "onnxruntime"}},
+            "latency": {"64": {"torch": cell({"torch-selected": 0.33, "onnxruntime-selected": 0.36}),
+                               "onnxruntime": cell({"torch-selected": 0.26, "onnxruntime-selected": 0.31})}},
+        },
+    }
+    text = "\n".join(deployment_report.section(record))
+    assert "| 64 | onnxruntime (CPU) | 2 | 30 | 50.00 | 35.00 | 26.0% [24.0, 28.0] |" in text
+    assert "| pruned | 86.60 | 86.40 | 99.80% | 2.0e-05 |" in text
+    assert "| onnx | onnxruntime 1.32.0 | 8 tiny-set images from tiny_set.txt | 1, 8 | 6.0e-06 | 2.0e-03 | 3.2 |" in text
+    assert ("| torch-selected | 2 | 88.58 | 33.6% (PyTorch eager) | 33.0% [31.0, 35.0] | 26.0% [24.0, 28.0] | no |"
+            in text)
+    assert "| onnxruntime-selected | 3 | 87.90 | 32.1% (onnxruntime (CPU)) |" in text and text.endswith("| yes |")
+    assert deployment_report.section({}) == []
