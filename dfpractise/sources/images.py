@@ -59,24 +59,73 @@ def list_image_files(root: str | Path) -> list[Path]:
     """Every image file under ``root``, recursively, in a stable (sorted) order.
 
     Hidden folders and files (names starting with '.') are left out: they are editor, OS or
-    notebook litter, never data.
+    notebook litter, never data. Links are followed (a class folder may link to images kept
+    elsewhere), but each real folder is read once and a link back to a folder above it (a loop,
+    such as a link to ``..``) is skipped; a file reached by two paths counts once.
     """
-    base = Path(root)
+    return _walk_images(Path(root), set(), set())
+
+
+def _walk_images(base: Path, folders: set[tuple[int, int]], files: set[tuple[int, int]]) -> list[Path]:
+    """``list_image_files`` sharing the sets of real folders and files already seen."""
     found: list[Path] = []
-    for folder, dirs, files in os.walk(base, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(folder) / f for f in files if not f.startswith(".") and is_image_file(f))
+    pending = [base]
+    while pending:
+        folder = pending.pop()
+        try:
+            identity = _identity(os.stat(folder))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            if folder == base:
+                raise DataError(f"image folder {base} cannot be read: {err.strerror or err}") from None
+            continue  # an unreadable or dangling sub-folder holds no images we can use
+        if identity in folders:
+            continue
+        folders.add(identity)
+        above = _real_ancestors(folder)
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    if not (entry.is_symlink() and os.path.realpath(entry.path) in above):
+                        subfolders.append(Path(entry.path))
+                elif entry.is_file() and is_image_file(entry.name):
+                    # a plain file lies on its folder's device: no stat needed for its identity
+                    key = _identity(entry.stat()) if entry.is_symlink() else (identity[0], entry.inode())
+                    if key not in files:
+                        files.add(key)
+                        found.append(Path(entry.path))
+            except OSError:
+                continue  # a dangling link or an entry that vanished while listing
+        pending.extend(reversed(subfolders))  # depth first, in name order
     return sorted(found, key=lambda p: p.relative_to(base).as_posix())
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def _real_ancestors(folder: Path) -> set[str]:
+    """The real paths of ``folder`` and every folder above it: a link to one of them is a loop."""
+    real = Path(os.path.realpath(folder))
+    return {str(real), *map(str, real.parents)}
 
 
 def list_class_folders(root: str | Path) -> list[str]:
     """Class names of an ImageFolder-style tree: the sorted names of ``root``'s sub-folders.
 
     Sorted names give the same class indices as torchvision's ImageFolder, which is how most
-    classifiers' output units were assigned. Empty class folders keep their index.
+    classifiers' output units were assigned. Empty class folders keep their index; a link back
+    to ``root`` or above is no class.
     """
     base = Path(root)
-    return sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+    above = _real_ancestors(base)
+    return sorted(
+        e.name for e in os.scandir(base)
+        if e.is_dir() and not e.name.startswith(".") and not (e.is_symlink() and os.path.realpath(e.path) in above)
+    )
 
 
 def list_class_files(root: str | Path) -> tuple[list[str], list[ImageFile]]:
@@ -95,10 +144,11 @@ def list_class_files(root: str | Path) -> tuple[list[str], list[ImageFile]]:
                 f"laid out as {base}/<class>/<image>"
             )
         raise DataError(f"found no class sub-folders and no images ({_ext_list()}) under {base}")
+    seen: set[tuple[int, int]] = set()  # a file linked into two classes belongs to the first
     files = [
         ImageFile(path, index)
         for index, name in enumerate(classes)
-        for path in list_image_files(base / name)
+        for path in _walk_images(base / name, set(), seen)
     ]
     if not files:
         raise DataError(
