@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import Any, Generator, Sequence
 
 import torch
 from torch import nn
@@ -21,7 +21,9 @@ from .progress import Progress
 from .sources.base import TinySet
 from .sources.images import (
     ImageFile,
+    class_indices,
     decode_images,
+    label_names,
     default_workers,
     list_class_files,
     load_with_replacements,
@@ -33,14 +35,15 @@ TOPK = 5
 Batches = Generator[tuple[torch.Tensor, torch.Tensor], None, None]
 
 
-def load_labelled_folder(root: str | Path, image_size: int, limit: int | None = None) -> TinySet:
+def load_labelled_folder(root: str | Path, image_size: int, limit: int | None = None, spec: Any = None) -> TinySet:
     """All (or ``limit``, evenly spread) images of ``root/<class>/<image>``, deterministically.
 
     Unreadable files are skipped and counted in ``skipped``. ``limit`` takes evenly spaced files
-    from the sorted list rather than the first ones, so every class keeps its share.
+    from the sorted list rather than the first ones, so every class keeps its share. With the
+    model's ``spec``, labels are its output indices (``labelled_files``).
     """
     base = require_folder(root, "evaluation folder")
-    classes, files = _labelled_files(base, limit)
+    classes, files = labelled_files(base, limit, spec)
     loaded = load_with_replacements(files, image_size)
     if not loaded.images:
         raise DataError(f"none of the {len(files)} image files under {base} could be read")
@@ -64,12 +67,14 @@ def evaluate_models(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
     limit: int | None = None,
+    spec: Any = None,
 ) -> dict[str, dict]:
     """Per model ``{"top1": %, "top5": %, "count": images scored}`` on the same images.
 
     ``data`` is a labelled TinySet or a labelled folder (streamed, ``limit`` as in
-    ``load_labelled_folder``). Models are put in eval mode and moved to ``device``; their
-    train/eval flag is restored afterwards. Top-5 means top-min(5, outputs) for small heads.
+    ``load_labelled_folder``; its class folders matched to the classes of ``spec``, the models'
+    ``ModelSpec``: see ``labelled_files``). Models are put in eval mode and moved to ``device``;
+    their train/eval flag is restored afterwards. Top-5 means top-min(5, outputs) for small heads.
     """
     if not models:
         raise ValueError("evaluate_models needs at least one model")
@@ -79,7 +84,7 @@ def evaluate_models(
     was_training = {name: m.training for name, m in models.items()}
     for model in models.values():
         model.eval().to(device)
-    batches, expected, where = labelled_batches(data, image_size, batch_size, limit)
+    batches, expected, where = labelled_batches(data, image_size, batch_size, limit, spec)
     total = _ceil_div(expected, batch_size)
     try:
         with torch.inference_mode(), progress.task("Evaluating", total=total) as task:
@@ -134,12 +139,13 @@ def _live_fields(tallies: dict[str, Tally]) -> dict[str, float]:
 
 
 def labelled_batches(
-    data: TinySet | str | Path, image_size: int, batch_size: int, limit: int | None = None
+    data: TinySet | str | Path, image_size: int, batch_size: int, limit: int | None = None, spec: Any = None
 ) -> tuple[Batches, int, str]:
     """(batch iterator, number of images, description of the data for error messages).
 
     A folder is streamed: batch k+1 is decoded in the background while batch k is used, so
     memory stays flat however large the folder. Close the iterator to stop decoding early.
+    A folder's labels are the output indices of the model ``spec`` describes (``labelled_files``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -148,7 +154,7 @@ def labelled_batches(
         n = len(data) if limit is None else min(limit, len(data))
         return _tensor_batches(data, n, batch_size), n, "the given image set"
     base = require_folder(data, "evaluation folder")
-    _, files = _labelled_files(base, limit)
+    _, files = labelled_files(base, limit, spec)
     return _folder_batches(files, image_size, batch_size), len(files), str(base)
 
 
@@ -201,9 +207,19 @@ def _decode_chunk(
     return to_float_batch(images), torch.tensor(labels, dtype=torch.int64)
 
 
-def _labelled_files(base: Path, limit: int | None) -> tuple[list[str], list[ImageFile]]:
-    """Class names and files of a labelled folder, thinned to ``limit`` evenly spaced files."""
+def labelled_files(root: str | Path, limit: int | None = None, spec: Any = None) -> tuple[list[str], list[ImageFile]]:
+    """Class names and files of a labelled folder, thinned to ``limit`` evenly spaced files.
+
+    With the model's ``spec`` (``ModelSpec``) every file's label is the model's output index of
+    its class folder (``sources.images.class_indices``: a DataError when the folders are not the
+    model's classes) and the names are the model's; without it, labels follow sorted folder order.
+    """
+    base = require_folder(root, "evaluation folder")
     classes, files = list_class_files(base)
+    if spec is not None:
+        indices = class_indices(classes, spec, base)
+        files = [ImageFile(f.path, indices[f.label]) for f in files]
+        classes = label_names(classes, indices, spec)
     if limit is not None:
         if limit < 1:
             raise DataError(f"evaluation limit must be at least 1, got {limit}")

@@ -128,12 +128,15 @@ def evaluate_corruptions(
     limit: int | None = None,
     reference: str | None = None,
     progress: Progress | None = None,
+    spec: Any = None,
 ) -> RobustnessResult:
     """Top-1 of every model on ``data``, clean and under every chosen corruption and severity.
 
     ``models`` maps names to modules (normalised with ``mean``/``std``) or to ``ModelInput`` with
     their own statistics. ``reference`` (default: the first model) is what mCE and relative
     robustness compare against. Corruptions are registered names (``dfpractise.corruptions``).
+    ``spec``: the models' ``ModelSpec``, whose classes a folder's class folders are matched to
+    (``evaluate.labelled_files``).
     """
     if not models:
         raise ConfigError("evaluate_corruptions needs at least one model")
@@ -155,7 +158,7 @@ def evaluate_corruptions(
     modes = {n: i.model.training for n, i in inputs.items()}
     for i in inputs.values():
         i.model.eval().to(device)
-    batches, expected, where = labelled_batches(data, image_size, batch_size, limit)
+    batches, expected, where = labelled_batches(data, image_size, batch_size, limit, spec)
     total = -(-expected // batch_size) * (1 + len(conditions))
     try:
         with torch.inference_mode(), progress.task("Corruptions", total=total) as task:
@@ -246,10 +249,12 @@ def robustness_of_runs(
     models: dict[str, ModelInput] = {}
     teachers: dict[tuple, str] = {}
     sizes = set()
+    classes = {}
     for path in run_dirs:
         run = load_run(path)
         spec = spec_of(run.teacher)
         sizes.add(spec.input_size)
+        classes.setdefault((spec.num_classes, spec.class_names), spec)
         key = (run.manifest.get("architecture"), run.manifest.get("weights"), run.manifest.get("weights_sha256"))
         if run.manifest.get("weights") is None:
             key = (str(run.path),)  # random or in-folder weights: a teacher of its own
@@ -261,9 +266,11 @@ def robustness_of_runs(
     if len(sizes) > 1:
         raise ConfigError(f"the runs' models take different input sizes ({', '.join(map(str, sorted(sizes)))}); "
                           "score them separately")
+    if len(classes) > 1:
+        raise ConfigError("the runs' models predict different classes; score them separately")
     result = evaluate_corruptions(models, data, sizes.pop(), corruptions=corruptions, severities=severities,
                                   seed=seed, batch_size=batch_size, device=device, limit=limit,
-                                  reference="teacher", progress=progress)
+                                  reference="teacher", progress=progress, spec=next(iter(classes.values())))
     result.info["runs"] = [str(p) for p in run_dirs]
     out = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "robustness"
     from .report import write_json

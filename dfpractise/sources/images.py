@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -156,6 +156,86 @@ def list_class_files(root: str | Path) -> tuple[list[str], list[ImageFile]]:
             f"({len(classes)} class folders, all empty)"
         )
     return classes, files
+
+
+def class_indices(folders: Sequence[str], spec: Any, where: str | Path) -> list[int]:
+    """The model's output index of each class folder of ``where`` (a labelled folder).
+
+    ``spec`` is the model's ``ModelSpec``. Folders are matched to the model's class names
+    (ignoring case, spaces, '_' and '-'; a 1000-class model also answers to the ImageNet WordNet
+    ids, ``n01440764``...), so a folder of some of the classes labels them as the model does:
+    ``airplane, cat, dog`` are 0, 3 and 5 for CIFAR-10. Folders named ``0``, ``1``... are output
+    indices. A model that names no classes takes the sorted folders as its classes, one per
+    output. Anything else is a DataError naming the mismatch: labels read from folder order
+    would be silently wrong.
+    """
+    folders = list(folders)
+    count, names = spec.num_classes, spec.class_names
+    if names:
+        lookup: dict[str, list[int]] = {}
+        aliases = [names]
+        if len(names) == 1000:
+            from ..models.imagenet_classes import IMAGENET_WNIDS
+
+            aliases.append(IMAGENET_WNIDS)
+        for table in aliases:
+            for index, name in enumerate(table):
+                lookup.setdefault(_folded(name), []).append(index)
+        found = {f: lookup.get(_folded(f), []) for f in folders}
+        ambiguous = [f for f, hits in found.items() if len(set(hits)) > 1]
+        if ambiguous:
+            raise DataError(f"class folder {ambiguous[0]!r} of {where} names several classes of {spec.name}; "
+                            "rename it to one class name")
+        if all(found.values()):
+            return _distinct([found[f][0] for f in folders], folders, spec, where)
+    if all(f.isdigit() for f in folders) and all(int(f) < count for f in folders):
+        return _distinct([int(f) for f in folders], folders, spec, where)
+    if names:
+        unknown = [f for f in folders if not found[f]]
+        more = f" ({len(folders)} class folders for {count} classes)" if len(folders) > count else ""
+        raise DataError(
+            f"{where}: class folder{'s' if len(unknown) > 1 else ''} {_quoted(unknown)} "
+            f"{'are not classes' if len(unknown) > 1 else 'is not a class'} of {spec.name}{more}; its classes "
+            f"are {_quoted(names, 10)}: name each folder after the class it holds"
+        )
+    if len(folders) != count:
+        raise DataError(
+            f"{where} has {len(folders)} class folders but {spec.name} has {count} outputs and names no "
+            f"classes, so folders can only be matched by their sorted order: give one folder per output, "
+            "or name them 0, 1, ... by output index"
+        )
+    return list(range(count))
+
+
+def label_names(folders: Sequence[str], indices: Sequence[int], spec: Any) -> list[str]:
+    """The class names that labels ``indices`` (``class_indices`` of ``folders``) index: the model's
+    own, else the folders' when they are the outputs in order, else the output numbers."""
+    if spec.class_names:
+        return list(spec.class_names)
+    if list(indices) == list(range(len(folders))):
+        return list(folders)
+    return [str(i) for i in range(spec.num_classes)]
+
+
+def _folded(name: str) -> str:
+    return "".join(c for c in name.lower() if c not in " _-")
+
+
+def _distinct(indices: list[int], folders: list[str], spec: Any, where: str | Path) -> list[int]:
+    if len(set(indices)) == len(indices):
+        return indices
+    first = {}
+    for folder, index in zip(folders, indices, strict=True):
+        if index in first:
+            raise DataError(f"class folders {first[index]!r} and {folder!r} of {where} are the same class "
+                            f"({index}) of {spec.name}; merge them")
+        first[index] = folder
+    return indices
+
+
+def _quoted(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(map(str, names[:limit]))
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def resize_for_model(image: Image.Image, image_size: int) -> Image.Image:
