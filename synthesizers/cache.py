@@ -6,6 +6,11 @@ settings that made the images, and a folder written with other settings is refus
 request), never mixed. Images are always read back from the PNGs, so a set generated in one go and
 a set resumed from disk are the same 8-bit images.
 
+The index is written when the folder is opened, before any image, so every folder this class
+made says what it is, even one whose first batch was cut short (a kill, a full disk). Temporary
+files a killed write left behind are removed on opening; a folder that holds nothing but this
+class's own files and no index (one written before the index came first) is started again.
+
     DIR/index.json        {"format", "settings", "labels", "batches": {"0": {...}, ...}}
     DIR/images/00000.png  image i of the set, class labels[i]
 """
@@ -13,6 +18,7 @@ a set resumed from disk are the same 8-bit images.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +28,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError
-from .files import atomic_write, write_text_atomic
+from .files import atomic_write, is_temporary, write_text_atomic
 
 INDEX = "index.json"
 IMAGES = "images"
@@ -39,10 +45,14 @@ class ImageCache:
         self.batches: dict[int, dict[str, Any]] = {}
 
     def open(self, rebuild: bool = False) -> "ImageCache":
-        """Read the finished batches of a matching folder; refuse (or wipe) a different one."""
+        """Read the finished batches of a matching folder; refuse (or wipe) a different one.
+
+        A new, empty or unfinished-first-batch folder gets its index at once (no batch yet).
+        """
         index_path = self.folder / INDEX
         if self.folder.exists() and not self.folder.is_dir():
             raise DataError(f"synthetic image cache {self.folder} exists and is not a folder")
+        self._remove_temporary_files()
         if index_path.exists():
             index = _read_index(index_path)
             differences = _differences(index.get("settings", {}), self.settings)
@@ -55,14 +65,35 @@ class ImageCache:
                 )
             if differences:
                 self.clear()
+                self._write_index()
             else:
                 self.batches = {int(k): v for k, v in index.get("batches", {}).items()}
-        elif self.folder.exists() and any(self.folder.iterdir()):
+            return self
+        if self.folder.exists() and not self._only_own_files():
             raise DataError(
                 f"{self.folder} is not empty and is not a synthetic image cache (no {INDEX}); "
                 "choose an empty or new folder"
             )
+        self.clear()  # nothing, or images of a first batch that never made it into an index
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write_index()
         return self
+
+    def _only_own_files(self) -> bool:
+        """True when the folder holds nothing but an ``images`` folder of this class's PNG names."""
+        entries = list(self.folder.iterdir())
+        if any(e.name != IMAGES or not e.is_dir() or e.is_symlink() for e in entries):
+            return False
+        images = self.folder / IMAGES
+        return not images.exists() or all(_OWN_IMAGE.fullmatch(e.name) and e.is_file() for e in images.iterdir())
+
+    def _remove_temporary_files(self) -> None:
+        """Delete the temporary files of writes that never finished (a killed process leaves them)."""
+        for folder in (self.folder, self.folder / IMAGES):
+            if folder.is_dir() and not folder.is_symlink():
+                for entry in folder.iterdir():
+                    if is_temporary(entry.name) and entry.is_file():
+                        entry.unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Remove what this cache wrote (index and images), nothing else."""
@@ -111,6 +142,9 @@ class ImageCache:
 
 def image_name(i: int) -> str:
     return f"{i:05d}.png"
+
+
+_OWN_IMAGE = re.compile(r"\d{5,}\.png")
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
