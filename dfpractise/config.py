@@ -101,6 +101,15 @@ def _as_tuple(value: Any) -> Any:
     return value
 
 
+def _fractions(values: tuple[float, ...]) -> tuple[float, ...]:
+    """Milestones are fractions of the iterations: 800 (a step count) would never be reached."""
+    outside = [v for v in values if not 0.0 <= v <= 1.0]
+    if outside:
+        raise ValueError(f"recovery.milestones are fractions of the iterations, from 0 to 1 (e.g. [0.4, 0.8]); "
+                         f"got {outside[0]}")
+    return values
+
+
 class Settings(BaseModel):
     """A section of settings: strict types, unknown keys refused, assignments checked.
 
@@ -191,7 +200,7 @@ class RecoveryConfig(Settings):
     lr: float | None = Field(None, gt=0, description="Learning rate (default: the recovery method's own).")
     momentum: float = Field(0.9, ge=0, description="SGD momentum of recovery.")
     weight_decay: float = Field(1e-4, ge=0, description="Weight decay of recovery.")
-    milestones: Annotated[tuple[float, ...], BeforeValidator(_as_tuple)] = Field(
+    milestones: Annotated[tuple[float, ...], BeforeValidator(_as_tuple), AfterValidator(_fractions)] = Field(
         (0.4, 0.8), description="Fractions of the iterations at which the learning rate falls tenfold.")
     kd_temperature: float = Field(4.0, gt=0, description="Softmax temperature of kd.")
     checkpoint_every: int = Field(200, ge=0, description="Iterations between recovery checkpoints (0: only on "

@@ -21,6 +21,26 @@ from .config import RunConfig
 from .errors import ConfigError
 from synthesizers.files import write_text_atomic
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as recipes and ``KEY=VALUE`` options read it: safe, and ``1e-3`` is a number.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1e-3`` and ``2.5e3`` are strings there);
+    YAML 1.2, JSON and Python read them as numbers, and so do recipes and the command line.
+    """
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` parsed with ``RecipeLoader``."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader)
+
+
 # What os.path.expandvars on POSIX treats as a variable reference: $NAME or ${NAME}.
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
 
@@ -105,7 +125,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"recipe {path} cannot be read: {err.strerror or err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""

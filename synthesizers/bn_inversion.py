@@ -58,7 +58,7 @@ class BNInversion(Synthesizer):
             bn_weight=bn_weight, first_bn_multiplier=first_bn_multiplier, ce_weight=ce_weight,
             tv_weight=tv_weight, l2_weight=l2_weight, competition_weight=competition_weight, jitter=jitter,
         )
-        if not 0 <= warm_start < 1:
+        if not 0 <= _number("warm_start", warm_start) < 1:
             raise ConfigError(f"warm_start is the fraction of steps at half resolution, in [0, 1); got {warm_start}")
         if not batchnorm_layers(teacher):
             raise ConfigError(
@@ -197,11 +197,18 @@ def _frozen(*models: nn.Module | None) -> Iterator[None]:
 
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
-        if not value > 0:
+        if not _number(name, value) > 0:
             raise ConfigError(f"{name} must be positive, got {value}")
 
 
 def _check_non_negative(**values: float) -> None:
     for name, value in values.items():
-        if not value >= 0:
+        if not _number(name, value) >= 0:
             raise ConfigError(f"{name} must be zero or more, got {value}")
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` if it is a number; a ConfigError naming the setting if it is text, a list..."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return value
