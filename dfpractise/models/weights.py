@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import pickle
 import re
 import sys
 from collections import OrderedDict
@@ -301,8 +302,29 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             # map_location matters: some published checkpoints were saved from CUDA tensors.
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a checkpoint, or pickles arbitrary objects
-        raise ModelError(f"cannot load weights file {path}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load weights file {path}: {_load_failure(exc)}") from None
     return _as_state_dict(obj, path)
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why a checkpoint did not load, in one line; never torch's advice to switch safety off alone.
+
+    torch's weights-only refusal says how to load the file anyway (``weights_only=False``) in a
+    paragraph whose warning, that this runs any code the file holds, is easy to lose when cut to
+    one line. The line here keeps the refusal and the warning together.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Unsupported" in text:
+        found = re.search(r"GLOBAL (\S+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds pickled Python objects{what} beyond tensors, which loading would have to execute; "
+                "it was refused and nothing in it was run. Only if you trust where it came from, load it "
+                "yourself (torch.load(..., weights_only=False)) and re-save its state_dict, e.g. with "
+                "safetensors.torch.save_file")
+    if isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError, UnicodeDecodeError)) or "StreamReader" in text:
+        detail = _first_line(exc).split(". ")[0]  # torch's zip errors go on for several sentences
+        return f"not a PyTorch checkpoint or safetensors file, or a truncated one ({detail})"
+    return _first_line(exc)
 
 
 def _arch_name(model: nn.Module) -> str:
