@@ -80,3 +80,41 @@ def _show(key: str, value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value)) or "none"
     return str(value)
+
+
+ACCELERATORS = ("cuda", "mps", "xpu")
+"""Device types a run may use besides the CPU, when torch finds one."""
+
+
+def available_devices() -> list[str]:
+    """The devices this process can compute on: ``cpu``, then ``cuda:0``... and ``mps``/``xpu:0``..."""
+    import torch
+
+    found = ["cpu"]
+    for kind in ACCELERATORS:
+        backend = getattr(torch, kind, None) if kind != "mps" else getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            continue
+        count = backend.device_count() if hasattr(backend, "device_count") else 1
+        found.extend([kind] if kind == "mps" else [f"{kind}:{i}" for i in range(count)])
+    return found
+
+
+def check_device(name: str) -> str:
+    """``name`` if this machine can compute on it, else a ConfigError saying which devices exist."""
+    import torch
+
+    from .errors import ConfigError
+
+    here = available_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}; the devices here are {', '.join(here)}") from None
+    if device.type == "cpu":
+        return name
+    wanted = device.type if device.type == "mps" else f"{device.type}:{device.index or 0}"
+    if device.type not in ACCELERATORS or wanted not in here:
+        what = "is not a device to compute on" if device.type not in ACCELERATORS else "is not available here"
+        raise ConfigError(f"device {name!r} {what}; the devices here are {', '.join(here)} (--device)")
+    return name

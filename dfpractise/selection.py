@@ -183,6 +183,16 @@ def next_block(blocks: list[BlockScore], chosen: list[str]) -> BlockScore | None
     return None
 
 
+def check_reachable(target: float, all_dropped_cut_percent: float, model_name: str = "the model") -> None:
+    """A TargetError when a latency ``target`` (a fraction) exceeds the measured cut of dropping
+    every candidate: known as soon as latency is measured, before any block is scored."""
+    if 100.0 * target > all_dropped_cut_percent:
+        raise TargetError(
+            f"a {100.0 * target:.0f}% latency cut is out of reach for {model_name}: dropping every "
+            f"droppable block cuts {all_dropped_cut_percent:.1f}% (measured); ask for less"
+        )
+
+
 def select_blocks(
     scores: list[BlockScore],
     measure: Measure,
@@ -213,11 +223,7 @@ def select_blocks(
     if target is None:
         raise ConfigError("give a latency-reduction target or a drop count")
     goal_percent = 100.0 * target
-    if goal_percent > all_dropped_cut_percent:
-        raise TargetError(
-            f"a {goal_percent:.0f}% latency cut is out of reach for {model_name}: dropping every "
-            f"droppable block cuts {all_dropped_cut_percent:.1f}% (measured); ask for less"
-        )
+    check_reachable(target, all_dropped_cut_percent, model_name)
     goal = min(goal_percent + margin, all_dropped_cut_percent)  # what a measurement must show
     by_name = {s.name: s for s in scores}
     summed_all = sum(s.delta_lat for s in scores)
