@@ -7,9 +7,9 @@ as one line with a non-zero exit; a traceback means a bug.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, get_args
@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from .config import RegistryRef, setting
+from .envinfo import check_device
 from .models.adapter import spec_of
 from .errors import ConfigError, DFPractiseError
 from .export import EXPORT_FORMATS, EXPORTERS
@@ -27,7 +28,8 @@ from .synthesis import synthesis_sources
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 SEP = "__"  # a setting's dotted path as a Python parameter name: data.num_images -> data__num_images
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FORBIDDEN = (errno.EACCES, errno.EPERM)
 
 
 def _console() -> Console:
@@ -35,7 +37,12 @@ def _console() -> Console:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn user-facing errors into one line on stderr and an exit code."""
+    """Turn user-facing errors into one line on stderr and an exit code.
+
+    An ``OSError`` naming a file (a full disk, a read-only or forbidden folder, an ``--out`` the
+    system will not create) is the machine's answer, not a bug: it gets one line too, here, so no
+    command needs its own handling of it.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,6 +50,11 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except DFPractiseError as error:
             click.echo(f"error: {error}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except OSError as error:
+            if error.filename is None:
+                raise
+            click.echo(f"error: {_os_error_line(error)}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("interrupted: finished work is kept (phases in the run folder, batches of synthetic "
@@ -52,23 +64,31 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _os_error_line(error: OSError) -> str:
+    """What an OSError on ``error.filename`` means for the user, in one line."""
+    path, reason = error.filename, error.strerror or type(error).__name__
+    if error.errno in _DISK_FULL:
+        return (f"cannot write {path}: {reason}; finished work is kept (a run folder's phases, a synthetic "
+                "cache's batches): once there is space, the same command continues it (run: with --resume)")
+    elsewhere = "choose a folder you can write (--out, --cache-dir, $DFPRACTISE_CACHE)"
+    if error.errno == errno.EROFS:
+        return f"cannot write {path}: {reason}; {elsewhere}"
+    if error.errno in _FORBIDDEN:
+        return f"no permission for {path} ({reason}); {elsewhere}"
+    return f"cannot use {path}: {reason}"
+
+
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
 def _parse_value(text: str) -> Any:
-    """A value typed on the command line, read as YAML (2, 0.1, true, [1, 2], text).
-
-    YAML 1.1 reads ``1e-3`` as a string (its floats need a dot); a number is a number here.
-    """
-    import yaml
+    """A value typed on the command line, read as a recipe reads YAML (2, 0.1, 1e-3, true, [1, 2], text)."""
+    from .recipe import read_yaml
 
     if not text.strip():
         return None
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return float(value)
-    return value
+    return read_yaml(text)
 
 
 def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
@@ -162,7 +182,37 @@ def _progress(quiet: bool):
     return Progress(quiet=quiet, console=_console())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class UsageLine(click.ClickException):
+    """A usage error (an option out of its range, a path of the wrong kind) shown as every other
+    error is: one line, ``error: ...``, exit code 2."""
+
+    exit_code = EXIT_USER_ERROR
+
+    def __init__(self, error: click.UsageError):
+        command = error.ctx.command_path if error.ctx is not None else "dfpractise"
+        super().__init__(f"{error.format_message()} (see {command} --help)")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class OneLineGroup(click.Group):
+    """The command group; its commands' usage errors are ``UsageLine`` errors."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as error:
+            raise UsageLine(error) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise UsageLine(error) from None
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dfpractise")
 def main() -> None:
     """Make a pretrained classifier faster by dropping residual blocks, with few or no images."""
@@ -249,6 +299,7 @@ def blocks(model_option_pairs, quiet, as_json, **settings) -> None:
     from .report import blocks_table
 
     config = RunConfig.from_dict(_with_model_options(settings_from_options(settings), model_option_pairs))
+    check_device(config.device)
     model = config.model
     network, _, _ = load_teacher(model, config.weights or "none", config)
     size = spec_of(network).input_size
@@ -292,6 +343,7 @@ def latency(run_dir, repeats, threads, device, latency__backend, quiet, as_json)
 
     loaded = load_run(run_dir)
     config = loaded.config
+    check_device(device or config.device)
     timing = Timing.from_config(config.latency, spec_of(loaded.teacher).input_size, device or config.device)
     timing = replace(timing, repeats=repeats or 2 * timing.repeats, threads=threads or timing.threads,
                      backend=latency__backend or timing.backend)
@@ -370,11 +422,12 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
     from .evaluate import evaluate_models
     from .runs import load_run
 
+    check_device(device)
     loaded = load_run(run_dir)
     cfg = spec_of(loaded.teacher)
     scores = evaluate_models({"teacher": loaded.teacher, "pruned": loaded.pruned}, data_path, cfg.mean,
                              cfg.std, cfg.input_size, batch_size=batch_size, device=device,
-                             progress=_progress(quiet or as_json))
+                             progress=_progress(quiet or as_json), spec=cfg)
     result = {
         "teacher_top1": scores["teacher"]["top1"],
         "teacher_top5": scores["teacher"]["top5"],
@@ -416,6 +469,7 @@ def synthesize(method, model, weights, model_option_pairs, input_size, mean, std
     """Make a synthetic tiny set for a teacher, with a quality report and a sample grid."""
     from .synthesis import synthesize_for_model
 
+    check_device(device)
     settings = _parse_options(options, "--option")
     settings.update({k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None})
     described = _with_model_options(settings_from_options({"input_size": input_size, "mean": mean, "std": std}),
@@ -457,6 +511,7 @@ def robustness(run_dirs, data_path, corruptions, severities, seed, batch_size, l
     from .report import robustness_table
     from .robustness import robustness_of_runs
 
+    check_device(device)
     names = [c.strip() for c in corruptions.split(",") if c.strip()] if corruptions else None
     try:
         levels = [int(s) for s in severities.split(",") if s.strip()]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,7 +25,8 @@ from . import runs
 from .augment import normalize, train_augmentation
 from .backends import check_backend
 from .config import RunConfig
-from .errors import ConfigError, TargetError
+from .envinfo import check_device
+from .errors import ConfigError, DataError, TargetError
 from .latency import BlockLatencyProfile, Timing, compare_latency, cut_measure, profile_blocks
 from .models.adapter import ModelAdapter, adapter_for, set_spec, spec_of
 from .models.reference import reference_of, with_overrides
@@ -35,7 +36,8 @@ from .progress import Progress
 from .recoverability import BlockCosts, DropCost, ScoringContext, create_drop_cost
 from .recovery import RECOVERY_METHODS, label_free_methods, recover
 from .run_report import build_report
-from .selection import BlockScore, Selection, select_blocks
+from .selection import BlockScore, Selection, check_reachable, select_blocks
+from .sources.images import class_indices, label_names
 
 
 @dataclass
@@ -131,7 +133,7 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
     # 2. The tiny set; the run folder is written only once the inputs are known to be good
     with timer("data"):
         tiny = load_tiny_set(config, setup.teacher, setup.weights_sha, progress, source=source)
-        check_tiny_set(config, tiny, progress)
+        tiny = check_tiny_set(config, tiny, progress, setup.spec)
         folder.start(config)
         folder.save_tiny_set(tiny, save_samples=config.data.save_samples)
     augment = train_augmentation(setup.spec.input_size)
@@ -141,6 +143,8 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
         latency = folder.phase(BlockLatencyProfile, lambda: profile_blocks(
             setup.teacher, setup.blocks, setup.timing, pool_identical=config.latency.pool_identical,
             progress=progress), key=key, log=progress.log)
+        if config.latency_reduction is not None:  # known now, before the long scoring
+            check_reachable(config.latency_reduction, latency.all_dropped_cut_percent, config.model)
     # 4. The cost of dropping each block (recoverability, or a baseline's stand-in)
     with timer("scoring"):
         costs = folder.phase(BlockCosts, lambda: score_blocks(config, setup, latency, tiny.images, augment, progress),
@@ -172,7 +176,10 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
 
 
 def prepare(config: RunConfig, teacher: nn.Module | None = None, drop_cost: DropCost | None = None) -> Setup:
-    """Load the teacher, find its droppable blocks, and refuse a target they cannot meet by count."""
+    """Load the teacher, find its droppable blocks, and refuse what can be refused before any work:
+    a device this machine lacks, a target they cannot meet by count, an evaluation folder that is
+    missing or whose classes are not the model's."""
+    check_device(config.device)
     if teacher is not None:
         weights_ref, weights_sha = config.weights, None
         spec = spec_of(teacher)
@@ -183,6 +190,10 @@ def prepare(config: RunConfig, teacher: nn.Module | None = None, drop_cost: Drop
     groups = len({b.group for b in adapter.blocks})
     if config.drop is not None and config.drop > groups:
         raise TargetError(f"asked to drop {config.drop} blocks but {config.model} has only {groups} droppable blocks")
+    if config.data.eval_path:
+        from .evaluate import labelled_files
+
+        labelled_files(config.data.eval_path, spec=adapter.spec)
     timing = Timing.from_config(config.latency, adapter.spec.input_size, config.device)
     check_backend(timing)  # a missing onnxruntime is said now, not after the tiny set is read
     return Setup(teacher, weights_ref, weights_sha, adapter, drop_cost or create_drop_cost(config.scoring.scorer),
@@ -218,16 +229,35 @@ def load_tiny_set(config: RunConfig, teacher: nn.Module, teacher_id: str | None 
     return source.load(*args, context=context)
 
 
-def check_tiny_set(config: RunConfig, tiny: Any, progress: Progress) -> None:
-    """Say what was read; refuse a recovery the set cannot feed (labels) before any timing."""
+def check_tiny_set(config: RunConfig, tiny: Any, progress: Progress, spec: ModelSpec | None = None) -> Any:
+    """Say what was read; refuse a recovery the set cannot feed (labels) before any timing.
+
+    Returns the set with its labels as ``spec``'s output indices: a folder's classes are matched
+    to the model's by name (``sources.images.class_indices``). Classes that do not match refuse a
+    recovery that trains on labels; a label-free one goes on without them.
+    """
     if len(tiny) < config.data.num_images:
         progress.log(f"only {len(tiny)} of {config.data.num_images} images could be read")
     method = config.recovery.method
-    if RECOVERY_METHODS.get(method).needs_labels and tiny.labels is None:
+    needs_labels = RECOVERY_METHODS.get(method).needs_labels
+    if spec is not None and tiny.labels is not None and tiny.class_names is not None:
+        where = tiny.info.get("root") or f"the '{config.data.source}' tiny set"
+        try:
+            indices = class_indices(tiny.class_names, spec, where)
+        except DataError as err:
+            if needs_labels:
+                raise DataError(f"{method.upper()} recovery trains on labels, and {err}") from None
+            progress.log(f"labels not used ({method} recovery needs none): {err}")
+            tiny = replace(tiny, labels=None, class_names=None)
+        else:
+            tiny = replace(tiny, labels=torch.tensor(indices, dtype=torch.int64)[tiny.labels],
+                           class_names=label_names(tiny.class_names, indices, spec))
+    if needs_labels and tiny.labels is None:
         raise ConfigError(f"{method.upper()} recovery needs labelled images and the '{config.data.source}' source "
                           f"has no labels; use --recovery {' or '.join(label_free_methods())}")
     progress.log(f"tiny set: {len(tiny)} images from '{config.data.source}'"
                  + (f" ({tiny.skipped} unreadable skipped)" if tiny.skipped else ""))
+    return tiny
 
 
 def score_blocks(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, images: torch.Tensor,
@@ -264,6 +294,7 @@ def evaluate(config: RunConfig, setup: Setup, pruned: nn.Module, progress: Progr
     return evaluate_models(
         {"teacher": setup.teacher, "pruned": pruned}, config.data.eval_path, spec.mean, spec.std,
         spec.input_size, batch_size=config.data.eval_batch_size, device=config.device, progress=progress,
+        spec=spec,
     )
 
 
