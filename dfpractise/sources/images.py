@@ -9,6 +9,7 @@ validation folder read for evaluation go through exactly the same decode and res
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -158,6 +159,18 @@ def list_class_files(root: str | Path) -> tuple[list[str], list[ImageFile]]:
     return classes, files
 
 
+def _imagenet_wnids(folders: Sequence[str]) -> Sequence[str]:
+    """The ImageNet-1k WordNet ids in class-index order: timm's table when timm is installed; else
+    a full set of 1000 id folders is its own table (sorted ids are the class order), and a subset
+    cannot be placed."""
+    try:
+        from timm.data import ImageNetInfo
+    except ImportError:
+        ids = sorted(folders)
+        return ids if len(ids) == 1000 and all(re.fullmatch(r"n\d{8}", f) for f in ids) else ()
+    return ImageNetInfo().label_names()
+
+
 def class_indices(folders: Sequence[str], spec: Any, where: str | Path) -> list[int]:
     """The model's output index of each class folder of ``where`` (a labelled folder).
 
@@ -175,9 +188,7 @@ def class_indices(folders: Sequence[str], spec: Any, where: str | Path) -> list[
         lookup: dict[str, list[int]] = {}
         aliases = [names]
         if len(names) == 1000:
-            from ..models.imagenet_classes import IMAGENET_WNIDS
-
-            aliases.append(IMAGENET_WNIDS)
+            aliases.append(_imagenet_wnids(folders))
         for table in aliases:
             for index, name in enumerate(table):
                 lookup.setdefault(_folded(name), []).append(index)
