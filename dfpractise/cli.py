@@ -243,6 +243,8 @@ def main() -> None:
 @setting_option("--latency-repeats", path="latency.repeats")
 @setting_option("--threads", path="latency.threads")
 @setting_option("--latency-backend", path="latency.backend")
+@setting_option("--latency-table", path="latency.table")
+@setting_option("--remeasure-latency", path="latency.remeasure")
 @setting_option("--device", path="device")
 @setting_option("--seed", path="seed")
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
@@ -287,14 +289,21 @@ def run(recipe, model_option_pairs, synthesis_options, set_pairs, out_dir, resum
 @setting_option("--repeats", path="latency.repeats", declared_default=True)
 @setting_option("--threads", path="latency.threads")
 @setting_option("--device", path="device", declared_default=True)
+@setting_option("--latency-table", path="latency.table")
+@setting_option("--remeasure-latency", path="latency.remeasure")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def blocks(model_option_pairs, quiet, as_json, **settings) -> None:
-    """List droppable blocks in network order with their measured ΔLat (weights: random unless given)."""
+    """List droppable blocks in network order with their measured ΔLat (weights: random unless given).
+
+    The ΔLat table is the one ``run`` uses with the same settings (cached per machine); with
+    ``--latency-table FILE`` it is also written there, to carry to ``run`` on another machine.
+    """
     from .config import RunConfig
     from .engine import load_teacher
     from .latency import Timing, profile_blocks
+    from .latency_table import cached_profile
     from .models.adapter import adapter_for
     from .report import blocks_table
 
@@ -306,8 +315,13 @@ def blocks(model_option_pairs, quiet, as_json, **settings) -> None:
     candidates = adapter_for(network, keep_stage_first=config.blocks.keep_stage_first,
                              halves=config.blocks.halves).blocks
     timing = Timing.from_config(config.latency, size, config.device)
-    profile = profile_blocks(network, candidates, timing, pool_identical=config.latency.pool_identical,
-                             progress=_progress(quiet or as_json))
+    progress = _progress(quiet or as_json)
+    pool = config.latency.pool_identical
+    profile = cached_profile(
+        network, candidates, timing, pool,
+        lambda: profile_blocks(network, candidates, timing, pool_identical=pool, progress=progress),
+        table=config.latency.table, remeasure=config.latency.remeasure, log=progress.log,
+    )
     rows = [
         {"name": b.name, "stage": b.stage, "unit": "block" if unit.part is None else "branch", "of": unit.module,
          "delta_lat": round(b.delta_lat, 3), "delta_lat_raw": round(b.delta_lat_raw, 3),

@@ -169,6 +169,12 @@ class LatencyConfig(Settings):
     backend: BackendName = Field("torch", description="Runtime latency is measured on, so the target holds there: "
                                  "torch (eager PyTorch) or onnxruntime (the model exported to ONNX, on CPU).")
     pool_identical: bool = Field(True, description="Blocks with identical shapes and layers share one ΔLat.")
+    table: str | None = Field(None, description="Latency table file (JSON) to read the blocks' ΔLat from, e.g. "
+                              "measured on the deployment machine; written there when it does not exist. "
+                              "Default: this machine's cache, keyed by architecture, device, batch, "
+                              "resolution, threads, runtime and versions.")
+    remeasure: bool = Field(False, description="Time the blocks again instead of reading the latency table, "
+                            "and replace it.")
     # on a noisy machine two measurements of the same pair differ by a few points, and a cut
     # should not fall short later
     target_margin: float = Field(1.0, ge=0, description="Points a selection must measure above the target.")

@@ -140,9 +140,8 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
     key = ("latency", config.model, setup.weights_sha or setup.weights_ref, config.device, repr(config.latency))
     # 3. ΔLat of each block, measured on the real pruned network
     with timer("latency"):
-        latency = folder.phase(BlockLatencyProfile, lambda: profile_blocks(
-            setup.teacher, setup.blocks, setup.timing, pool_identical=config.latency.pool_identical,
-            progress=progress), key=key, log=progress.log)
+        latency = folder.phase(BlockLatencyProfile, lambda: measure_blocks(config, setup, progress), key=key,
+                               log=progress.log)
         if config.latency_reduction is not None:  # known now, before the long scoring
             check_reachable(config.latency_reduction, latency.all_dropped_cut_percent, config.model)
     # 4. The cost of dropping each block (recoverability, or a baseline's stand-in)
@@ -258,6 +257,18 @@ def check_tiny_set(config: RunConfig, tiny: Any, progress: Progress, spec: Model
     progress.log(f"tiny set: {len(tiny)} images from '{config.data.source}'"
                  + (f" ({tiny.skipped} unreadable skipped)" if tiny.skipped else ""))
     return tiny
+
+
+def measure_blocks(config: RunConfig, setup: Setup, progress: Progress) -> BlockLatencyProfile:
+    """ΔLat of every candidate: from the latency table (the user's, else this machine's cache) or timed."""
+    from .latency_table import cached_profile
+
+    pool = config.latency.pool_identical
+    return cached_profile(
+        setup.teacher, setup.blocks, setup.timing, pool,
+        lambda: profile_blocks(setup.teacher, setup.blocks, setup.timing, pool_identical=pool, progress=progress),
+        table=config.latency.table, remeasure=config.latency.remeasure, log=progress.log,
+    )
 
 
 def score_blocks(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, images: torch.Tensor,

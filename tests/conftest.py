@@ -23,13 +23,20 @@ def assets_dir() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _assets_env():
-    """Let tests that name weights (resolved through $DFPRACTISE_ASSETS) run without the Makefile."""
+def _assets_env(tmp_path_factory):
+    """Let tests that name weights (resolved through $DFPRACTISE_ASSETS) run without the Makefile,
+    and keep what runs cache (latency tables, synthetic sets) out of the user's own cache."""
     if not os.environ.get("DFPRACTISE_ASSETS"):
         default = REPO_ROOT.parent / "shared" / "assets"
         if default.is_dir():
             os.environ["DFPRACTISE_ASSETS"] = str(default.resolve())
+    previous = os.environ.get("DFPRACTISE_CACHE")
+    os.environ["DFPRACTISE_CACHE"] = str(tmp_path_factory.mktemp("dfpractise-cache"))
     yield
+    if previous is None:
+        os.environ.pop("DFPRACTISE_CACHE", None)
+    else:
+        os.environ["DFPRACTISE_CACHE"] = previous
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -58,6 +58,7 @@ def test_each_finished_phase_is_read_back_not_redone(tmp_path, assets_dir):
     """Interrupted while scoring: the latency phase is kept and read back on resume, not timed again."""
     out = tmp_path / "run"
     config = _config(assets_dir)
+    config.latency.remeasure = True  # so that only the run folder, not the latency cache, can spare the timing
     with pytest.raises(KeyboardInterrupt):
         compress(config, out, progress=interrupting_progress("Scoring blocks", 1))
     assert (out / "latency.json").exists() and not (out / "scores.json").exists()
