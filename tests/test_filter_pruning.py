@@ -290,3 +290,21 @@ def test_default_measure_times_teacher_against_pruned(teacher):
     cut = latency_measure(Timing(batch_size=2, resolution=32, repeats=2, warmup=1))({"teacher": teacher, "pruned": pruned})
     assert isinstance(cut, float) and -1.0 < cut < 1.0
     assert not teacher.training and not pruned.training
+
+
+def test_prune_to_cut_tries_rounded_widths_first_then_unrounded(teacher):
+    """Widths in multiples of 8 cannot remove less than about a fifth of ResNet-20's inner channels
+    (16 -> 8 at any ratio), so a 10% cut is found unrounded, after the rounded search."""
+    from dfpractise.baselines.filter_pruning import prune_to_cut
+
+    total = sum(inner_widths(teacher).values())
+
+    def measure(models):
+        return 1.0 - sum(inner_widths(models["pruned"]).values()) / total
+
+    matched = prune_to_cut(teacher, 0.1, Timing(), measure=measure, tolerance=0.02, max_trials=4)
+    assert matched.round_to is None and matched.within_tolerance and abs(matched.cut - 0.1) <= 0.02
+    assert {t["round_to"] for t in matched.trials} == {8, None}
+    rebuilt = prune_filters(teacher, None, matched.ratio, "l1", round_to=matched.round_to)
+    assert inner_widths(rebuilt) == inner_widths(matched.model)
+    assert matched.to_json()["ratio"] == matched.ratio and "model" not in matched.to_json()

@@ -18,6 +18,7 @@ cut is closest to the cut that block dropping achieved.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -477,13 +478,89 @@ def _choose(log: list[dict], target: float, tolerance: float, stopped: str) -> t
     return best, reason + "; none reached it, chose the largest cut"
 
 
+# ---------------------------------------------------------------------------------------------
+# A filter-pruned network at a given measured cut
+
+
+@dataclass
+class MatchedPruning:
+    """A filter-pruned copy of a model whose measured cut was searched to match a target cut."""
+
+    model: nn.Module
+    importance: str
+    ratio: float
+    round_to: int | None
+    cut: float  # measured, a fraction of the unpruned model's latency
+    target_cut: float
+    within_tolerance: bool
+    trials: list[dict]  # every trial of every search, each with its round_to
+
+    def to_json(self) -> dict:
+        """Everything but the model; ``prune_filters(model, None, ratio, importance, round_to)``
+        rebuilds it (L1; Taylor also needs its loss)."""
+        return {"importance": self.importance, "ratio": self.ratio, "round_to": self.round_to, "cut": self.cut,
+                "target_cut": self.target_cut, "within_tolerance": self.within_tolerance, "trials": self.trials}
+
+
+def max_ratio(model: nn.Module, round_to: int | None) -> float:
+    """The largest pruning ratio (to 0.005) that leaves every block-internal conv a channel."""
+    widths = inner_widths(model).values()
+    ratio = 0.9
+    while ratio > 0.05 and any(kept_channels(w, ratio, round_to) < 1 for w in widths):
+        ratio -= 0.005
+    return round(ratio, 3)
+
+
+def prune_to_cut(
+    model: nn.Module,
+    target_cut: float,
+    timing: Timing,
+    *,
+    importance: str = "l1",
+    round_to: tuple[int | None, ...] = (8, None),
+    tolerance: float = 0.02,
+    max_trials: int = 8,
+    taylor_loss: TaylorLoss | None = None,
+    measure: Measure | None = None,
+    progress: Progress | None = None,
+) -> MatchedPruning:
+    """Filter pruning of ``model`` at the ratio whose measured cut (``timing``) matches ``target_cut``.
+
+    Each ``round_to`` setting is searched in turn (``match_latency``) until one lands within
+    ``tolerance``: widths in multiples of 8 suit CPU kernels but may not reach every cut, so
+    unrounded widths (None) come next. If none lands, the trial closest to the target wins.
+    ``measure`` replaces the timing (``latency_measure(timing)``), e.g. by a fake one in tests.
+    """
+    measure = measure or latency_measure(timing)
+    attempts: list[MatchedPruning] = []
+    trials: list[dict] = []
+    for rounding in round_to:
+        ratio, pruned, cut, log = match_latency(
+            model, target_cut,
+            lambda r, rt=rounding: prune_filters(model, None, r, importance, round_to=rt, taylor_loss=taylor_loss),
+            measure=measure, tolerance=tolerance, max_trials=max_trials,
+            bounds=(0.05, max_ratio(model, rounding)), progress=progress,
+        )
+        trials += [{**trial, "round_to": rounding} for trial in log]
+        attempts.append(MatchedPruning(pruned, importance, ratio, rounding, cut, target_cut,
+                                       abs(cut - target_cut) <= tolerance, trials))
+        if attempts[-1].within_tolerance:
+            break
+    chosen = next((a for a in attempts if a.within_tolerance), min(attempts, key=lambda a: abs(a.cut - target_cut)))
+    chosen.trials = trials
+    return chosen
+
+
 __all__ = [
     "IMPORTANCES",
+    "MatchedPruning",
     "inner_convs",
     "inner_widths",
     "kept_channels",
     "latency_measure",
     "match_latency",
+    "max_ratio",
     "prune_filters",
+    "prune_to_cut",
     "pseudo_label_loss",
 ]
