@@ -52,4 +52,7 @@ def synthesizer_errors() -> Iterator[None]:
     except theirs.SynthesizerError as err:
         ours = {theirs.ConfigError: ConfigError, theirs.DataError: DataError, theirs.SynthesisError: SynthesisError}
         kind = next((ours[c] for c in type(err).__mro__ if c in ours), DFPractiseError)
-        raise kind(str(err)) from None
+        converted = kind(str(err))
+        if getattr(err, "all_ranks", False):  # raised alike on every rank of a shared synthesis
+            converted.all_ranks = True  # type: ignore[attr-defined]
+        raise converted from None

@@ -1,7 +1,8 @@
 """Progress reporting for long loops, shared by the library and the CLI.
 
 The library reports through a ``Progress`` object so it never prints on its own: the CLI passes a
-rich one, scripts and tests pass ``Progress(quiet=True)`` (the default) and see nothing.
+rich one, scripts and tests pass ``Progress(quiet=True)`` (the default) and see nothing. Under
+``torchrun`` only rank 0 shows anything: the other ranks' progress is always quiet.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class Progress:
     """Rich progress bars with time left, or nothing at all when quiet."""
 
     def __init__(self, quiet: bool = True, console: Console | None = None):
-        self.quiet = quiet
+        from .distributed import is_main
+
+        self.quiet = quiet or not is_main()
         self.console = console or Console(stderr=True)
 
     @contextmanager
