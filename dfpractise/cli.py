@@ -11,6 +11,7 @@ import errno
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, get_args
 
@@ -27,6 +28,7 @@ from .synthesis import synthesis_sources
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+SHARED_EXIT_DELAY_S = 2.0  # a rank other than 0 waits this long before exiting on an error rank 0 shows
 SEP = "__"  # a setting's dotted path as a Python parameter name: data.num_images -> data__num_images
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _FORBIDDEN = (errno.EACCES, errno.EPERM)
@@ -42,23 +44,34 @@ def handle_errors(fn: Callable) -> Callable:
     An ``OSError`` naming a file (a full disk, a read-only or forbidden folder, an ``--out`` the
     system will not create) is the machine's answer, not a bug: it gets one line too, here, so no
     command needs its own handling of it.
+
+    Under ``torchrun`` an error every rank raised alike (``distributed.is_shared``) and Ctrl-C,
+    which reaches every rank, are said once, by rank 0; each rank exits with the same code, the
+    others a moment after rank 0 (torchrun stops every worker as soon as one has exited).
     """
+    from . import distributed
+
+    def say(line: str, error: BaseException | None = None) -> None:
+        if distributed.is_main() or (error is not None and not distributed.is_shared(error)):
+            click.echo(line, err=True)
+        elif distributed.from_environment().active:
+            time.sleep(SHARED_EXIT_DELAY_S)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except DFPractiseError as error:
-            click.echo(f"error: {error}", err=True)
+            say(f"error: {error}", error)
             sys.exit(EXIT_USER_ERROR)
         except OSError as error:
             if error.filename is None:
                 raise
-            click.echo(f"error: {_os_error_line(error)}", err=True)
+            say(f"error: {_os_error_line(error)}", error)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            click.echo("interrupted: finished work is kept (phases in the run folder, batches of synthetic "
-                       "images in their cache); run the same command with --resume to continue", err=True)
+            say("interrupted: finished work is kept (phases in the run folder, batches of synthetic "
+                "images in their cache); run the same command with --resume to continue")
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
@@ -480,7 +493,12 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
 @handle_errors
 def synthesize(method, model, weights, model_option_pairs, input_size, mean, std, num_images, out_dir, pipeline,
                steps, batch_size, options, seed, device, rebuild, quiet, as_json) -> None:
-    """Make a synthetic tiny set for a teacher, with a quality report and a sample grid."""
+    """Make a synthetic tiny set for a teacher, with a quality report and a sample grid.
+
+    Under torchrun (torchrun --nproc_per_node N -m dfpractise synthesize ...) the ranks share the
+    batches; the images are the bytes one process would make.
+    """
+    from . import distributed
     from .synthesis import synthesize_for_model
 
     check_device(device)
@@ -488,10 +506,13 @@ def synthesize(method, model, weights, model_option_pairs, input_size, mean, std
     settings.update({k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None})
     described = _with_model_options(settings_from_options({"input_size": input_size, "mean": mean, "std": std}),
                                     model_option_pairs)
-    result = synthesize_for_model(
-        method, model, weights, num_images, out_dir, seed=seed, pipeline=pipeline, options=settings,
-        device=device, rebuild=rebuild, progress=_progress(quiet or as_json), model_settings=described,
-    )
+    with distributed.launched(device):
+        result = synthesize_for_model(
+            method, model, weights, num_images, out_dir, seed=seed, pipeline=pipeline, options=settings,
+            device=device, rebuild=rebuild, progress=_progress(quiet or as_json), model_settings=described,
+        )
+    if not distributed.is_main():
+        return
     if as_json:
         _emit_json(result.report)
     elif not quiet:

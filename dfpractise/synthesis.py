@@ -1,7 +1,8 @@
 """Make a synthetic tiny set on its own (``dfpractise synthesize``), without compressing anything.
 
 Useful to look at the images and their quality report before spending a compression run on
-them, and to prepare a set once for many runs: ``dfpractise run --source synthetic --cache-dir
+them (under ``torchrun`` the ranks share the batches; rank 0 writes the report), and to
+prepare a set once for many runs: ``dfpractise run --source synthetic --cache-dir
 DIR`` with the same settings reads the set this wrote instead of making it again.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .errors import ConfigError
 from .progress import Progress
 from .report import save_sample_grid, write_json
@@ -73,6 +75,6 @@ def synthesize_for_model(
     tiny = source.load(num_images, context.input_size, seed, context)
     folder = Path(out_dir)
     report = {"model": model, "weights": weights, **(tiny.report or {})}
-    write_json(report, folder / QUALITY)
-    save_sample_grid(tiny.images, tiny.labels, folder / SAMPLES)
+    distributed.on_main(lambda: (write_json(report, folder / QUALITY),
+                                 save_sample_grid(tiny.images, tiny.labels, folder / SAMPLES)) and None)
     return SynthesisResult(tiny, report, folder)

@@ -104,15 +104,33 @@ class ImageCache:
     def has_batch(self, index: int) -> bool:
         return index in self.batches
 
+    def read(self) -> "ImageCache":
+        """The finished batches of a folder another process has opened (``open``) for these settings;
+        nothing is written or removed (the ranks of a shared synthesis other than the first)."""
+        index = _read_index(self.folder / INDEX)
+        if _differences(index.get("settings", {}), self.settings) or index.get("labels") != self.labels:
+            raise DataError(f"{self.folder} changed while it was being opened; run again")
+        self.batches = {int(k): v for k, v in index.get("batches", {}).items()}
+        return self
+
     def write_batch(self, index: int, start: int, images: torch.Tensor, stats: dict[str, Any]) -> None:
         """PNGs of one batch (images ``start`` onwards), then the index that makes them count."""
+        self.record([(index, start, self.write_images(start, images), stats)])
+
+    def write_images(self, start: int, images: torch.Tensor) -> int:
+        """The PNGs of images ``start`` onwards (not yet counted: see ``record``); how many."""
         folder = self.folder / IMAGES
         folder.mkdir(parents=True, exist_ok=True)
         pixels = to_uint8(images)
         for offset, array in enumerate(pixels):
             image = Image.fromarray(array)
             atomic_write(folder / image_name(start + offset), lambda tmp: image.save(tmp, format="PNG"))
-        self.batches[index] = {"start": start, "count": len(pixels), **stats}
+        return len(pixels)
+
+    def record(self, batches: list[tuple[int, int, int, dict[str, Any]]]) -> None:
+        """Count finished batches ``(index, start, count, stats)`` whose PNGs are written: one index write."""
+        for index, start, count, stats in batches:
+            self.batches[index] = {"start": start, "count": count, **stats}
         self._write_index()
 
     def complete(self, num_batches: int) -> bool:

@@ -14,6 +14,7 @@ float rounding differs from one process's and grows a little over the iterations
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,3 +58,24 @@ def test_one_process_helpers_are_the_identity():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
     with distributed.synchronized_batchnorm(model) as same:
         assert same is model and type(model[1]) is torch.nn.BatchNorm2d
+
+
+def test_two_process_synthesis_writes_the_bytes_of_one_process(tmp_path):
+    def synthesize(launcher: list[str], out: Path) -> None:
+        _ok([*launcher, "synthesize", *MODEL, "--num-images", "8", "--batch-size", "2", "--steps", "6",
+             "--seed", "3", "--out", str(out), "--quiet"])
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    synthesize(ONE, one)
+    synthesize(TWO, two)
+    names = sorted(p.name for p in (one / "images").iterdir())
+    assert names == sorted(p.name for p in (two / "images").iterdir()) and len(names) == 8
+    for name in names:
+        assert (one / "images" / name).read_bytes() == (two / "images" / name).read_bytes(), name
+    batches = [json.loads((folder / "index.json").read_text())["batches"] for folder in (one, two)]
+    assert sorted(batches[0]) == sorted(batches[1]) == ["0", "1", "2", "3"]
+    for k in batches[0]:
+        assert {key: v for key, v in batches[0][k].items() if key != "seconds"} == \
+            {key: v for key, v in batches[1][k].items() if key != "seconds"}
+    assert json.loads((two / "quality.json").read_text())["agreement"] == \
+        json.loads((one / "quality.json").read_text())["agreement"]

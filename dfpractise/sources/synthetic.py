@@ -5,6 +5,8 @@ and recovery never know the images were made rather than found. The images live 
 folder (default: one per settings under ``$DFPRACTISE_CACHE/synthetic``) that a second run with
 the same settings reuses and an interrupted run finishes; the set carries its intended classes as
 labels and a quality report (teacher agreement, BN-statistics distance, class histogram).
+Under ``torchrun`` the ranks share the batches (``synthesizers.generate.Workers``); the cache
+folder must then be one they all see (one machine, or a shared file system).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class SynthesizedSource(ImageSource):
     def load(self, num_images: int, image_size: int, seed: int, context: SourceContext | None = None) -> TinySet:
         from synthesizers import quality_report, synthesize
         from synthesizers.cache import IMAGES, image_name
-        from synthesizers.generate import set_settings
+        from synthesizers.generate import Workers, set_settings
+
+        from .. import distributed
 
         check_request(num_images, image_size)
         if context is None or context.teacher is None:
@@ -62,6 +66,8 @@ class SynthesizedSource(ImageSource):
                 made = synthesize(
                     synthesizer, num_images, image_size, num_classes, seed, folder,
                     on_step=on_step, log=progress.log, rebuild=self.rebuild_cache,
+                    workers=Workers(distributed.rank(), distributed.world_size(), distributed.all_gather_object)
+                    if distributed.active() else None,
                 )
             report = quality_report(context.teacher, made.images, made.labels, context.mean, context.std,
                                     context.class_names)
