@@ -271,7 +271,12 @@ def main() -> None:
 @handle_errors
 def run(recipe, model_option_pairs, synthesis_options, set_pairs, out_dir, resume, overwrite, quiet, as_json,
         **settings) -> None:
-    """Compress a model: time blocks, score them, drop the best, recover, evaluate, save."""
+    """Compress a model: time blocks, score them, drop the best, recover, evaluate, save.
+
+    Under torchrun (torchrun --nproc_per_node N -m dfpractise run ...) the ranks share synthesis,
+    scoring and recovery; rank 0 times latency, evaluates and writes the run folder.
+    """
+    from . import distributed
     from .engine import compress
     from .recipe import overlay, resolve_config
     from .report import print_report
@@ -286,7 +291,11 @@ def run(recipe, model_option_pairs, synthesis_options, set_pairs, out_dir, resum
         overrides = overlay({"data": {"synthesis": synthesis}}, overrides, keep_none=True)
     config = resolve_config(recipe, overrides)
     quiet = quiet or as_json
-    result = compress(config, out_dir, progress=_progress(quiet), resume=resume, overwrite=overwrite)
+    check_device(config.device)  # before a rank asks for cuda:LOCAL_RANK
+    with distributed.launched(config.device):
+        result = compress(config, out_dir, progress=_progress(quiet), resume=resume, overwrite=overwrite)
+    if not distributed.is_main():
+        return
     if as_json:
         _emit_json(result.report)
     elif not quiet:

@@ -7,6 +7,12 @@
 written to the run folder as soon as it exists (``RunFolder.phase``), so an interrupted run
 resumes from the last finished phase (and recovery from its last checkpoint) with
 ``compress(..., resume=True)``.
+
+Under ``torchrun`` (``dfpractise.distributed``) every rank runs ``compress`` with the same
+arguments. Rank 0 alone holds the run folder (its lock, every write), times latency (phases 3
+and 5, the final verification: timings of processes sharing a machine mean nothing) and
+evaluates, while the others wait; what it finds reaches every rank. Synthesis, scoring and
+recovery are shared out. One process: none of this happens.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from . import runs
+from . import distributed, runs
 from .augment import normalize, train_augmentation
 from .backends import check_backend
 from .config import RunConfig
@@ -113,19 +119,51 @@ def compress(
     config.validate()
     progress = progress or Progress()
     shareable = teacher is None and source is None and drop_cost is None
-    with runs.RunFolder.open(out_dir, config, resume=resume, overwrite=overwrite,
-                             reuse=reuse if shareable else None) as folder:
+    with _run_folder(out_dir, config, resume, overwrite, reuse if shareable else None) as folder:
         return _compress(config, folder, teacher, source, drop_cost, progress)
+
+
+@contextmanager
+def _run_folder(out_dir: str | Path | None, config: RunConfig, resume: bool, overwrite: bool,
+                reuse: dict | None) -> Iterator[runs.RunFolder]:
+    """The locked run folder; under torchrun rank 0's, the other ranks a folder that writes nothing."""
+    if not distributed.active():
+        with runs.RunFolder.open(out_dir, config, resume=resume, overwrite=overwrite, reuse=reuse) as folder:
+            yield folder
+        return
+    opened: list[runs.RunFolder] = []
+    distributed.on_main(lambda: opened.append(
+        runs.RunFolder.open(out_dir, config, resume=resume, overwrite=overwrite, reuse=reuse)))
+    folder = opened[0] if opened else runs.RunFolder(None, True, False, False)
+    with folder:
+        yield folder
+
+
+def _phase(folder: runs.RunFolder, kind: type, compute: Callable[[], Any], *, key: Any = None,
+           log: Callable[[str], None] | None = None, everyone: bool = False) -> Any:
+    """``folder.phase`` on every rank: rank 0 reads or writes the folder, every rank gets the result.
+
+    ``everyone``: every rank takes part in ``compute`` (scoring); otherwise rank 0 computes alone.
+    """
+    if not distributed.active():
+        return folder.phase(kind, compute, key=key, log=log)
+    if not everyone:
+        return distributed.on_main(lambda: folder.phase(kind, compute, key=key, log=log))
+    known = distributed.on_main(lambda: folder.known(kind, key=key, log=log))
+    result = known if known is not None else compute()
+    distributed.on_main(lambda: folder.phase(kind, lambda: result, key=key) and None)
+    return result
 
 
 def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | None, source: Any,
               drop_cost: DropCost | None, progress: Progress) -> CompressionResult:
     """``compress`` in a locked run folder."""
-    if folder.finished:
+    if distributed.broadcast_object(folder.finished):
         progress.log(f"{folder.path} is already finished; nothing to resume")
-        return _finished(folder.path)
+        return distributed.on_main(lambda: _finished(folder.path))
     timer = PhaseTimer()
     torch.manual_seed(config.seed)
+    on_main = distributed.on_main
 
     # 1. Teacher, candidate blocks, and what the target asks of them
     with timer("setup"):
@@ -134,23 +172,23 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
     with timer("data"):
         tiny = load_tiny_set(config, setup.teacher, setup.weights_sha, progress, source=source)
         tiny = check_tiny_set(config, tiny, progress, setup.spec)
-        folder.start(config)
-        folder.save_tiny_set(tiny, save_samples=config.data.save_samples)
+        on_main(lambda: (folder.start(config), folder.save_tiny_set(tiny, save_samples=config.data.save_samples))
+                and None)
     augment = train_augmentation(setup.spec.input_size)
     key = ("latency", config.model, setup.weights_sha or setup.weights_ref, config.device, repr(config.latency))
     # 3. ΔLat of each block, measured on the real pruned network
     with timer("latency"):
-        latency = folder.phase(BlockLatencyProfile, lambda: measure_blocks(config, setup, progress), key=key,
-                               log=progress.log)
+        latency = _phase(folder, BlockLatencyProfile, lambda: measure_blocks(config, setup, progress), key=key,
+                         log=progress.log)
         if config.latency_reduction is not None:  # known now, before the long scoring
             check_reachable(config.latency_reduction, latency.all_dropped_cut_percent, config.model)
     # 4. The cost of dropping each block (recoverability, or a baseline's stand-in)
     with timer("scoring"):
-        costs = folder.phase(BlockCosts, lambda: score_blocks(config, setup, latency, tiny.images, augment, progress),
-                             key=("scores", key, repr(config.data), config.seed, repr(config.scoring)))
+        costs = _phase(folder, BlockCosts, lambda: score_blocks(config, setup, latency, tiny.images, augment, progress),
+                       key=("scores", key, repr(config.data), config.seed, repr(config.scoring)), everyone=True)
     # 5. Which blocks to drop, confirmed by measurement
     with timer("selection"):
-        selection = folder.phase(Selection, lambda: select_for(config, setup, latency, costs, progress))
+        selection = _phase(folder, Selection, lambda: select_for(config, setup, latency, costs, progress))
         pruned = setup.adapter.drop(selection.dropped)
     progress.log(f"dropping {len(selection.dropped)} blocks: {', '.join(selection.dropped)}")
     # 6. Recovery on the tiny set, then the model leaves in the run folder
@@ -158,19 +196,24 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
         recovery = recover(pruned, setup.teacher, tiny.images, config.recovery, augment, setup.normalize,
                            labels=tiny.labels, seed=config.seed, device=config.device, progress=progress,
                            checkpoint=folder.checkpoint, adapter=setup.adapter)
-    folder.save_model(pruned, setup.teacher, runs.make_manifest(
+    on_main(lambda: folder.save_model(pruned, setup.teacher, runs.make_manifest(
         config.model, setup.spec, setup.weights_ref if setup.weights_sha else None, setup.weights_sha, selection.dropped,
-        reference_of(setup.teacher), setup.adapter.options))
+        reference_of(setup.teacher), setup.adapter.options)))
     # 7. Accuracy on held-out images, latency verified in this process
     with timer("evaluation"):
-        accuracy = evaluate(config, setup, pruned, progress)
+        accuracy = on_main(lambda: evaluate(config, setup, pruned, progress))
     with timer("verification"):
-        final = compare_latency({"teacher": setup.teacher, "pruned": pruned}, setup.timing.longer(2),
-                                progress=progress, description="Verifying latency")
+        final = on_main(lambda: compare_latency({"teacher": setup.teacher, "pruned": pruned}, setup.timing.longer(2),
+                                                progress=progress, description="Verifying latency"))
+
     # 8. The report
-    report = build_report(config, setup.teacher, setup.weights_ref, tiny, selection, final, accuracy, pruned,
-                          latency, costs, recovery, timer.total())
-    folder.finish(report)
+    def finish() -> dict[str, Any]:
+        report = build_report(config, setup.teacher, setup.weights_ref, tiny, selection, final, accuracy, pruned,
+                              latency, costs, recovery, timer.total())
+        folder.finish(report)
+        return report
+
+    report = on_main(finish)
     return CompressionResult(setup.teacher, pruned, selection.dropped, report, folder.path)
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from synthesizers.registry import Registry
 from torch import nn
 
+from . import distributed
 from .config import ScoringConfig
 from .errors import ConfigError, DivergedError
 from .models.adapter import ModelAdapter, Stage, adapter_for
@@ -120,6 +121,11 @@ class RecoverabilityCost(DropCost):
         """``done``: costs already known (a resumed long scoring), returned without refitting.
         ``on_block(name, cost, seconds)`` is called as each block finishes, so a caller can save
         it; the shared activation cache is built once per call and is not in ``seconds``.
+
+        Under ``torchrun`` every rank builds the activation cache, fits the adaptors of its share
+        of the blocks (blocks r, r + N, ... of those still to score; ``on_block`` is called on the
+        rank that fitted it) and the costs are gathered: each block's fit depends on its own seed
+        alone (``block_seed``), so the costs are the one-process costs.
         """
         self.done = dict(done or {})
         self.on_block = on_block
@@ -143,24 +149,17 @@ class RecoverabilityCost(DropCost):
             config = context.config
             progress = context.progress or Progress()
             costs = {b.name: self.done[b.name] for b in context.blocks if b.name in self.done}
-            todo = [b for b in context.blocks if b.name not in costs]
-            with progress.task("Scoring blocks", total=len(todo) * config.iterations) as task:
-                for block in todo:
-                    started = time.perf_counter()
-                    generator = torch.Generator().manual_seed(block_seed(context.seed, block.name))
-                    torch.manual_seed(block_seed(context.seed, block.name))
-                    costs[block.name] = _fit_adaptors(
-                        adapter, block, runs[block.stage], targets, clean, config, generator,
-                        lambda loss, b=block.name: task.advance(1, block=b, loss=loss),
-                        on_diverged=lambda step, b=block.name: progress.log(
-                            f"scoring: the adaptor fit of {b} diverged at iteration {step} of {config.iterations} "
-                            f"(scoring.lr {config.lr:g}); its cost is the identity adaptors' error"),
-                    )
-                    if not math.isfinite(costs[block.name]):
-                        raise DivergedError(f"scoring stopped at block {block.name}: the teacher's features "
-                                            "without it are NaN/Inf, so no drop cost can be measured")
-                    if self.on_block is not None:
-                        self.on_block(block.name, costs[block.name], time.perf_counter() - started)
+            mine = distributed.shard([b for b in context.blocks if b.name not in costs])
+
+            def fit_mine() -> dict[str, float]:
+                fitted: dict[str, float] = {}
+                with progress.task("Scoring blocks", total=len(mine) * config.iterations) as task:
+                    for block in mine:
+                        fitted[block.name] = self._fit(context, adapter, block, runs, targets, clean, task, progress)
+                return fitted
+
+            for share in distributed.together(fit_mine):
+                costs.update(share)
             costs = {b.name: costs[b.name] for b in context.blocks}  # network order, as before
         finally:
             teacher.to(memory_format=torch.contiguous_format)
@@ -168,6 +167,27 @@ class RecoverabilityCost(DropCost):
                 p.requires_grad_(requires_grad[n])
             teacher.train(was_training)
         return costs
+
+    def _fit(self, context: ScoringContext, adapter: ModelAdapter, block: Block, runs: dict[int, "StageRun"],
+             targets: torch.Tensor, clean: int, task: Any, progress: Progress) -> float:
+        """The cost of one block: its adaptors fitted from its own seed (the same on any rank)."""
+        config = context.config
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(block_seed(context.seed, block.name))
+        torch.manual_seed(block_seed(context.seed, block.name))
+        cost = _fit_adaptors(
+            adapter, block, runs[block.stage], targets, clean, config, generator,
+            lambda loss, b=block.name: task.advance(1, block=b, loss=loss),
+            on_diverged=lambda step, b=block.name: progress.log(
+                f"scoring: the adaptor fit of {b} diverged at iteration {step} of {config.iterations} "
+                f"(scoring.lr {config.lr:g}); its cost is the identity adaptors' error"),
+        )
+        if not math.isfinite(cost):
+            raise DivergedError(f"scoring stopped at block {block.name}: the teacher's features "
+                                "without it are NaN/Inf, so no drop cost can be measured")
+        if self.on_block is not None:
+            self.on_block(block.name, cost, time.perf_counter() - started)
+        return cost
 
 
 def block_seed(seed: int, name: str) -> int:

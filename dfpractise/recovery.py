@@ -10,10 +10,21 @@ learning rate, whether it needs labels and whether it trains the feature extract
 
 The loop checkpoints every ``checkpoint_every`` iterations and when interrupted, and resumes from
 the checkpoint to the same result as an uninterrupted run (RNG states are saved with it).
+
+Under ``torchrun`` (``dfpractise.distributed``) the student trains in DistributedDataParallel.
+Every rank draws the same global batch from the one seeded generator and augments all of it (so
+torch's generator advances as in one process), then keeps its slice; each rank's loss is weighted
+by its share of the batch, so the averaged gradient is the one-process gradient of the same
+global batch. BatchNorm is synchronised (``synchronized_batchnorm``: normalisation and running
+statistics over the global batch, as in one process; per-rank BN would re-estimate statistics
+on batch / N images, far from the one-process run). The loss and Ctrl-C are agreed on by all
+ranks each step, so a NaN or an interrupt stops every rank at the same iteration. Rank 0 alone
+reads and writes the checkpoint; what it read reaches every rank.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +36,7 @@ from synthesizers.files import atomic_write
 from synthesizers.registry import Registry
 from torch import nn
 
+from . import distributed
 from .config import RecoveryConfig
 from .errors import ConfigError, DataError, DivergedError
 from .models.adapter import ModelAdapter, adapter_for
@@ -118,15 +130,20 @@ def recover(
     result = RecoveryResult(method, config.iterations, None)
     start = 0
     checkpoint = Path(checkpoint) if checkpoint else None
-    if checkpoint is not None and checkpoint.exists():
-        start = _load_checkpoint(checkpoint, student, optimizer, scheduler, generator, result)
+    state = distributed.on_main(lambda: _read_checkpoint(checkpoint) if checkpoint is not None
+                                and checkpoint.exists() else None)
+    if state is not None:
+        start = _restore(state, checkpoint, student, optimizer, scheduler, generator, result)
         result.resumed_from = start
     loss_fn = spec.loss
+    parallel = distributed.active()
+    world, rank = distributed.world_size(), distributed.rank()
     window: list[float] = []
+    step = None
     try:
-        with deferred_interrupt() as interrupted, (progress or Progress()).task(
-            f"Recovering ({method})", total=config.iterations
-        ) as task:
+        with deferred_interrupt() as interrupted, distributed.synchronized_batchnorm(student, device), \
+                (progress or Progress()).task(f"Recovering ({method})", total=config.iterations) as task:
+            step = _parallel_loss(student, teacher, adapter, loss_fn, config, device) if parallel else None
             task.advance(start)
             for iteration in range(start, config.iterations):
                 index = torch.randint(0, len(images), (config.batch_size,), generator=generator)
@@ -134,31 +151,44 @@ def recover(
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 target = labels[index] if labels is not None else None
-                loss = loss_fn(adapter, student, teacher, x, target, config)
-                if not torch.isfinite(loss):
-                    raise _diverged(method, iteration + 1, config, loss.item(), lr, checkpoint)
+                if parallel:  # every rank drew and augmented the whole batch; each keeps its slice
+                    part = torch.arange(config.batch_size).tensor_split(world)[rank].to(x.device)
+                    share = len(part) / config.batch_size
+                    x, target = x[part], (target[part] if target is not None else None)
+                    loss = step(x, target) * (share * world)  # DDP averages: this makes it the global mean
+                    # the loss of the global batch, and whether Ctrl-C reached any rank so far
+                    value, stop = distributed.all_reduce_sum([loss.item() / world, float(interrupted())])
+                else:
+                    loss = loss_fn(adapter, student, teacher, x, target, config)
+                    value = loss.item()
+                if not math.isfinite(value):
+                    raise _shared(_diverged(method, iteration + 1, config, value, lr, checkpoint))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                window.append(loss.item())
+                window.append(value)
                 task.advance(1, loss=sum(window[-20:]) / len(window[-20:]), lr=scheduler.get_last_lr()[0])
                 done = iteration + 1
                 if done % 50 == 0 or done == config.iterations:
                     result.losses.append((done, sum(window) / len(window)))
                     window = []
+                if not parallel:
+                    stop = float(interrupted())
                 periodic = config.checkpoint_every and done % config.checkpoint_every == 0
-                if checkpoint is not None and (periodic or interrupted()) and _finite(student):
+                if checkpoint is not None and (periodic or stop) and _finite(student):
                     _save_checkpoint(checkpoint, done, student, optimizer, scheduler, generator, result)
-                if interrupted():
+                if stop:
+                    distributed.barrier()  # rank 0's checkpoint is written before any rank leaves
                     raise KeyboardInterrupt
     finally:
+        step = None  # DDP's hooks leave the student's parameters with it
         for n, p in teacher.named_parameters():
             p.requires_grad_(teacher_grad[n])
         student.to(memory_format=torch.contiguous_format).eval()
         teacher.to(memory_format=torch.contiguous_format)
     if not _finite(student):  # the last step's update overflowed after a finite loss
-        raise _diverged(method, config.iterations, config, float("nan"), lr, checkpoint, weights=True)
+        raise _shared(_diverged(method, config.iterations, config, float("nan"), lr, checkpoint, weights=True))
     result.final_loss = result.losses[-1][1] if result.losses else None
     result.seconds = time.perf_counter() - started
     return result
@@ -233,11 +263,18 @@ def _save_checkpoint(path: Path, iteration, student, optimizer, scheduler, gener
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _load_checkpoint(path: Path, student, optimizer, scheduler, generator, result) -> int:
-    """Restore a checkpoint this loop wrote; anything else (empty, truncated, another model's, a
-    pickle that needs arbitrary code) is refused in one line and never executed."""
+def _read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, read without running code (``weights_only``); refused in one line."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the answer is the same
+        raise _unusable(path, err) from None
+
+
+def _restore(state: dict, path: Path | None, student, optimizer, scheduler, generator, result) -> int:
+    """Put a checkpoint's contents back; anything that does not fit (another model's, truncated)
+    is refused in one line."""
+    try:
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -246,10 +283,55 @@ def _load_checkpoint(path: Path, student, optimizer, scheduler, generator, resul
         result.losses = [(int(i), float(v)) for i, v in state["losses"]]
         iteration = int(state["iteration"])
     except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the answer is the same
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{path} is not a usable recovery checkpoint ({reason[:160]}); delete it to restart "
-                        "recovery from the beginning (the finished phases are kept)") from None
+        raise _shared(_unusable(path, err)) from None
     if not 0 <= iteration <= result.iterations:
-        raise DataError(f"{path} is at iteration {iteration}, outside this recovery's {result.iterations}; "
-                        "delete it to restart recovery")
+        raise _shared(DataError(f"{path} is at iteration {iteration}, outside this recovery's {result.iterations}; "
+                                "delete it to restart recovery"))
     return iteration
+
+
+def _unusable(path: Path | None, err: Exception) -> DataError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DataError(f"{path} is not a usable recovery checkpoint ({reason[:160]}); delete it to restart "
+                     "recovery from the beginning (the finished phases are kept)")
+
+
+def _shared(error: Exception) -> Exception:
+    """An error every rank raises alike (only rank 0 needs to show it)."""
+    if distributed.active():
+        error.all_ranks = True  # type: ignore[attr-defined]
+    return error
+
+
+class _LossOf(nn.Module):
+    """The student and its loss as one module, for DistributedDataParallel.
+
+    A loss reads the student however it likes (MiR: the features, through the adapter's hooks,
+    which stop the forward early; KD: the logits) and DDP sees one forward that returns the loss.
+    The teacher stays out of the module tree: DDP has nothing of it to broadcast or reduce.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, adapter: ModelAdapter, loss: RecoveryLoss,
+                 config: RecoveryConfig):
+        super().__init__()
+        self.student = student
+        self._rest = (teacher, adapter, loss, config)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        teacher, adapter, loss, config = self._rest
+        return loss(adapter, self.student, teacher, x, target, config)
+
+
+def _parallel_loss(student, teacher, adapter, loss, config, device: torch.device):
+    """The loss of one rank's slice, through DDP (gradients averaged over the ranks in backward).
+
+    ``static_graph``: the graph is the same every step, and a loss that leaves trainable
+    parameters unused (MiR reading features before the last trainable module) needs no search of
+    the graph each step. ``forward_sync_buffers`` off: synchronised BatchNorm keeps the running
+    statistics equal on every rank already.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(_LossOf(student, teacher, adapter, loss, config), device_ids=ids,
+                                   forward_sync_buffers=False, static_graph=True)

@@ -424,14 +424,8 @@ class RunFolder:
         """
         saved = self.path / kind.FILE if self.path is not None else None
         if self.resume and saved is not None and saved.exists():
-            if log is not None:
-                log(f"resuming: {kind.FILE} read from the run folder")
-            try:
-                return kind.from_json(read_json(saved))  # type: ignore[attr-defined]
-            except (KeyError, TypeError, ValueError, AttributeError):
-                raise DataError(f"{saved} is damaged or was written by another version; delete it to redo "
-                                "that phase, or start over with --overwrite") from None
-        result = self.reuse.get(key) if key is not None else None
+            return self.known(kind, log=log)  # type: ignore[return-value]
+        result = self.known(kind, key=key)
         if result is None:
             result = compute()
         if key is not None:
@@ -439,6 +433,21 @@ class RunFolder:
         if saved is not None:
             write_json(result.to_json(), saved)
         return result
+
+    def known(self, kind: type[R], *, key: Hashable | None = None,
+              log: Callable[[str], None] | None = None) -> R | None:
+        """The phase's result if it needs no computing (read back from a resumed run, or reused by
+        ``key``), else None; nothing is written."""
+        saved = self.path / kind.FILE if self.path is not None else None
+        if self.resume and saved is not None and saved.exists():
+            if log is not None:
+                log(f"resuming: {kind.FILE} read from the run folder")
+            try:
+                return kind.from_json(read_json(saved))  # type: ignore[attr-defined]
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise DataError(f"{saved} is damaged or was written by another version; delete it to redo "
+                                "that phase, or start over with --overwrite") from None
+        return self.reuse.get(key) if key is not None else None
 
     def save_tiny_set(self, tiny: Any, save_samples: bool = False) -> None:
         """File list (names and hashes), for synthesised sets their quality report and a picture of

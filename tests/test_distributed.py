@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from dfpractise import distributed
@@ -79,3 +82,73 @@ def test_two_process_synthesis_writes_the_bytes_of_one_process(tmp_path):
             {key: v for key, v in batches[1][k].items() if key != "seconds"}
     assert json.loads((two / "quality.json").read_text())["agreement"] == \
         json.loads((one / "quality.json").read_text())["agreement"]
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started under ``pid`` (torchrun starts its workers in sessions of their own,
+    so a signal to its process group does not reach them)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [d for c in children for d in (*_descendants(c), c)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, assets_dir) -> tuple[Path, Path]:
+    """The same tiny run in one process, and in two processes killed mid-recovery and resumed."""
+    data = assets_dir / "cifar10-jpeg" / "train"
+    root = tmp_path_factory.mktemp("distributed")
+    one, two = root / "one", root / "two"
+    _ok([*ONE, *_run_args(data, one)])
+    child = subprocess.Popen([*TWO, *_run_args(data, two)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, env=_env())
+    deadline = time.monotonic() + 180
+    try:
+        while not (two / "recovery.ckpt").exists():
+            if child.poll() is not None:
+                pytest.fail(f"the two-process run ended before it could be killed: {child.stderr.read()[-3000:]}")
+            assert time.monotonic() < deadline, "recovery never checkpointed"
+            time.sleep(0.005)
+        for pid in [*_descendants(child.pid), child.pid]:  # both workers and torchrun, as a lost machine would
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        child.wait()
+        child.stderr.close()
+    assert not (two / "report.json").exists()
+    _ok([*TWO, *_run_args(data, two), "--resume"])
+    return one, two
+
+
+def test_two_process_run_killed_and_resumed_drops_the_blocks_and_recovers_the_model_of_one(runs):
+    from dfpractise.runs import load_run
+
+    one, two = (load_run(folder) for folder in runs)
+    assert one.manifest["dropped"] == two.manifest["dropped"] and len(one.manifest["dropped"]) == 2
+    assert two.report["recovery"]["resumed_from"] > 0
+    mine, theirs = one.pruned.state_dict(), two.pruned.state_dict()
+    assert mine.keys() == theirs.keys()
+    worst = max((mine[k].float() - theirs[k].float()).abs().max().item() for k in mine)
+    assert worst <= WEIGHT_ATOL, f"weights differ by up to {worst}"
+    assert not (runs[1] / ".lock").exists() and not list(runs[1].glob(".*.tmp"))
+
+
+def test_two_process_scoring_gives_the_costs_and_ranking_of_one(runs):
+    one, two = (json.loads((folder / "scores.json").read_text())["costs"] for folder in runs)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert two[name] == pytest.approx(one[name], rel=COST_RTOL), name
+    assert sorted(one, key=one.get) == sorted(two, key=two.get)
+
+
+def test_an_error_on_rank_0_ends_both_ranks_with_one_line(tmp_path, assets_dir):
+    taken = tmp_path / "taken"  # not a run folder: rank 0, which alone opens it, refuses it
+    taken.mkdir()
+    (taken / "notes.txt").write_text("someone else's")
+    args = _run_args(assets_dir / "cifar10-jpeg" / "train", taken)
+    done = subprocess.run([*TWO, *args], capture_output=True, text=True, timeout=120, env=_env())
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == [f"error: {taken} exists and is not empty; choose another --out or pass --overwrite"], \
+        done.stderr[-2000:]
+    assert "exitcode  : 2" in done.stderr  # rank 0 leaves with the user-error code; torchrun then stops rank 1
