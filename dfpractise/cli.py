@@ -24,6 +24,7 @@ from .models.adapter import spec_of
 from .errors import ConfigError, DFPractiseError
 from .export import EXPORT_FORMATS, EXPORTERS
 from .sources import SOURCES
+from .sweep import BASELINES as SWEEP_BASELINES
 from .synthesis import synthesis_sources
 
 EXIT_USER_ERROR = 2
@@ -302,6 +303,106 @@ def run(recipe, model_option_pairs, synthesis_options, set_pairs, out_dir, resum
         print_report(result.report, Console())
         if out_dir:
             Console().print(f"run folder: [bold]{out_dir}[/bold]")
+
+
+class ListOptionCommand(click.Command):
+    """A command whose ``list_options`` take every value that follows them, up to the next option:
+    ``--targets 0.1 0.2 0.3`` (Click's own options take a fixed number of values)."""
+
+    list_options: tuple[str, ...] = ("--targets",)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_list_options(args, self.list_options))
+
+
+def spread_list_options(args: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``--targets a b`` as ``--targets a --targets b``. A value may be negative (``-0.1``): it is
+    then refused by the command as out of range, not taken for an unknown option."""
+    spread: list[str] = []
+    current, given = None, False
+    for index, arg in enumerate(args):
+        if current is not None and not (arg.startswith("-") and not _is_number(arg)):
+            spread += [current, arg]
+            given = True
+            continue
+        if current is not None and not given:
+            spread.append(current)  # no value: Click says so
+        current, given = None, False
+        if arg == "--":
+            return spread + args[index:]
+        if arg in flags:
+            current = arg
+        elif any(arg.startswith(f"{flag}=") for flag in flags):
+            current, given = arg.partition("=")[0], True
+            spread.append(arg)
+        else:
+            spread.append(arg)
+    if current is not None and not given:
+        spread.append(current)
+    return spread
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@main.command("sweep", cls=ListOptionCommand)
+@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe; options below override it.")
+@click.option("--targets", multiple=True, type=float, required=True, metavar="CUT...",
+              help="Latency cuts to make a model for, e.g. --targets 0.1 0.2 0.3 0.4.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Sweep folder: one run folder per target, sweep.json, sweep.png. An unfinished sweep "
+              "there is resumed, finished targets are reused.")
+@click.option("--baseline", type=click.Choice(SWEEP_BASELINES),
+              help="Also filter-prune (Torch-Pruning, L1) at each PRACTISE model's measured cut, same recovery.")
+@setting_option("--model", path="model")
+@setting_option("--weights", path="weights")
+@setting_option("--source", path="data.source", type=click.Choice(SOURCES.names()))
+@setting_option("--data", path="data.path")
+@setting_option("--num-images", path="data.num_images")
+@setting_option("--eval-data", path="data.eval_path")
+@setting_option("--recovery", path="recovery.method")
+@setting_option("--recovery-iterations", path="recovery.iterations")
+@setting_option("--latency-repeats", path="latency.repeats")
+@setting_option("--device", path="device")
+@setting_option("--seed", path="seed")
+@click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Any setting by its recipe key, e.g. recovery.lr=0.01 (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bars or tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print sweep.json on stdout.")
+@handle_errors
+def sweep_command(recipe, targets, out_dir, baseline, set_pairs, quiet, as_json, **settings) -> None:
+    """Time and score the blocks once, then make, recover and evaluate one model per latency target.
+
+    Writes a table and sweep.png (measured latency cut against top-1, with the teacher; with
+    --baseline the filter-pruning curve beside PRACTISE's): the picture to choose a target from. A
+    target the model cannot reach is a row marked unreachable, not a failed sweep.
+    """
+    from .recipe import resolve_config
+    from .report import sweep_table
+    from .sweep import check_targets, sweep
+
+    targets = check_targets(targets)
+    overrides = settings_from_options(settings, set_pairs)
+    config = resolve_config(recipe, {**overrides, "latency_reduction": targets[0]})  # clears a drop count
+    quiet = quiet or as_json
+    try:
+        result = sweep(config, targets, out_dir, baseline=baseline, progress=_progress(quiet))
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished targets are kept, an unfinished one in its run folder; run the same "
+                   "command again to continue", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    record = result.to_json()
+    if as_json:
+        _emit_json(record)
+    elif not quiet:
+        Console().print(sweep_table(record))
+        Console().print(f"sweep folder: [bold]{out_dir}[/bold]"
+                        + (f", plot: [bold]{result.plot}[/bold]" if result.plot else ""))
 
 
 @main.command()

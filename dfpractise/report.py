@@ -194,6 +194,39 @@ def robustness_table(result: Any) -> Table:
     return table
 
 
+def sweep_table(record: dict[str, Any]) -> Table:
+    """A sweep (``sweep.json``): the teacher, then per target PRACTISE's model and the baseline's,
+    with the predicted and measured cut and top-1."""
+    teacher = record.get("teacher") or {}
+    table = Table(title=f"{record.get('model', '?')}: {record.get('num_images', '?')} {record.get('source', '?')} "
+                        f"images, one model per latency target")
+    for header in ("target", "method", "blocks", "predicted %", "measured % [IQR]", "top-1 %", "change",
+                   "recovery"):
+        table.add_column(header, justify="left" if header == "method" else "right", no_wrap=header == "method")
+    table.add_row(DASH, "teacher", "", "", "0", _fmt_float(teacher.get("top1"), 2), "", "", style="bold")
+    rows = list(record.get("practise") or []) + list((record.get("baseline") or {}).get("rows") or [])
+    for row in sorted(rows, key=lambda r: (r["target"], r["method"] != "practise")):
+        method = "PRACTISE" if row["method"] == "practise" else row["method"].replace("-", " ")
+        target = f"{100 * row['target']:g}%"
+        if row["status"] != "done":
+            table.add_row(target, method, "", "", row["status"], "", "", "", style="dim")
+            continue
+        spread = row.get("measured_spread") or []
+        cut = f"{100 * row['measured_cut']:.1f}" + (
+            f" [{100 * spread[0]:.0f}, {100 * spread[1]:.0f}]" if len(spread) == 2 else "")
+        change = (_signed(row["top1"] - row["teacher_top1"], " pt")
+                  if _is_num(row.get("top1")) and _is_num(row.get("teacher_top1")) else DASH)
+        predicted = row.get("predicted_cut")
+        table.add_row(target, method, str(len(row.get("dropped") or [])) if row["method"] == "practise" else DASH,
+                      f"{100 * predicted:.1f}" if _is_num(predicted) else DASH, cut, _fmt_float(row.get("top1"), 2),
+                      change, human_seconds(row.get("recovery_seconds")))
+    notes = ["cuts in % of the teacher's measured latency; each target's run folder is target-<target>/ in the "
+             "sweep folder"]
+    notes += [f"{100 * r['target']:g}%: {r.get('reason')}" for r in rows if r["status"] == "unreachable"]
+    table.caption = "\n".join(notes)
+    return table
+
+
 # ---------------------------------------------------------------- pictures
 
 
