@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks import any_model_report, deployment_report, gpu_report, robustness_report, side_by_side_report
+from benchmarks import distributed_report
 from synthesizers.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ ANY_MODEL_RESULTS = ROOT / "benchmarks" / "results" / "any_model.json"
 ROBUSTNESS_RESULTS = ROOT / "benchmarks" / "results" / "robustness.json"
 ROBUSTNESS_PLOT = ROOT / "benchmarks" / "results" / "robustness.png"
 DEPLOYMENT_RESULTS = ROOT / "benchmarks" / "results" / "deployment.json"
+DISTRIBUTED_RESULTS = ROOT / "benchmarks" / "results" / "distributed.json"
 SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
 SOURCE_NAMES = {
     "synthetic": "data-free: 512 BN-inversion images",
@@ -216,6 +218,7 @@ def main() -> None:
     any_model = json.loads(ANY_MODEL_RESULTS.read_text()) if ANY_MODEL_RESULTS.exists() else {}
     robustness = json.loads(ROBUSTNESS_RESULTS.read_text()) if ROBUSTNESS_RESULTS.exists() else {}
     deployment = json.loads(DEPLOYMENT_RESULTS.read_text()) if DEPLOYMENT_RESULTS.exists() else {}
+    distributed = json.loads(DISTRIBUTED_RESULTS.read_text()) if DISTRIBUTED_RESULTS.exists() else {}
     plotted = side_by_side_report.plot(side_by_side, SIDE_BY_SIDE_PLOT)
     plot_name = str(SIDE_BY_SIDE_PLOT.relative_to(ROOT)) if plotted else None
     notes_path = ROOT / "benchmarks" / "NOTES.md"
@@ -239,6 +242,7 @@ def main() -> None:
         *(["", *any_model_report.section(any_model, runs)] if any_model else []),
         *(["", *robustness_report.section(robustness, ROBUSTNESS_PLOT, ROOT)] if robustness else []),
         *(["", *deployment_report.section(deployment)] if deployment else []),
+        *(["", *distributed_report.section(distributed)] if distributed_report.section(distributed) else []),
     ]
     if notes_path.exists():
         lines += ["", notes_path.read_text().strip()]

@@ -192,3 +192,16 @@ def test_the_deployment_section_shows_each_runtimes_cut_and_whether_the_target_h
             in text)
     assert "| onnxruntime-selected | 3 | 87.90 | 32.1% (onnxruntime (CPU)) |" in text and text.endswith("| yes |")
     assert deployment_report.section({}) == []
+
+
+def test_the_distributed_section_shows_measured_runs_and_leaves_quick_checks_out():
+    from benchmarks import distributed_report
+
+    record = {"task": "synthesis", "model": "cifar10_resnet56", "settings": {"num_images": 64, "batch_size": 16,
+              "steps": 200}, "one": {"seconds": 100.0, "command_seconds": 110.0},
+              "two": {"seconds": 80.0, "command_seconds": 95.0}, "ratio": 1.25, "command_ratio": 1.16,
+              "agreement": {"same_png_bytes": True}, "date": "2026-12-01", "machine": "test box", "commit": "abc"}
+    assert distributed_report.section({"synthesis": {**record, "quick": True}}) == []
+    text = "\n".join(distributed_report.section({"synthesis": record}))
+    assert "| 100.0 | 80.0 | 1.25 | 110 / 95 | same PNG bytes |" in text
+    assert "correctness, not speed" in text
