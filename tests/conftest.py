@@ -70,6 +70,25 @@ def features_without(model, skip, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def tiny_run_config(assets_dir: Path, **changes):
+    """A run of seconds: ResNet-20 with its offline weights, 12 real images, two blocks dropped by
+    count, one timing round, a few scoring and recovery steps. ``changes`` by recipe key
+    (``seed=5``, ``**{"recovery.iterations": 80}``)."""
+    from dfpractise.config import RunConfig
+
+    config = RunConfig(model="cifar10_resnet20", weights="cifar10jpeg-resnet20", latency_reduction=None,
+                       drop=2, seed=3)
+    config.data.path = str(assets_dir / "cifar10-jpeg" / "train")
+    config.data.num_images = 12
+    config.latency.batch_size, config.latency.repeats, config.latency.warmup = 4, 1, 0
+    config.scoring.iterations, config.scoring.batch_size = 2, 6
+    config.recovery.iterations, config.recovery.batch_size, config.recovery.checkpoint_every = 6, 6, 2
+    for key, value in changes.items():
+        section, _, name = key.rpartition(".")
+        setattr(getattr(config, section) if section else config, name, value)
+    return config
+
+
 def interrupting_progress(prefix: str, step: int):
     """A quiet ``Progress`` that sends SIGINT, as Ctrl-C would, at step ``step`` of the tasks
     whose description starts with ``prefix``."""

@@ -4,23 +4,17 @@ import json
 
 import pytest
 
-from dfpractise.config import RunConfig
 from dfpractise.engine import compress
 from dfpractise.progress import Progress
 from dfpractise.runs import load_run
 
-from conftest import interrupting_progress
+from conftest import interrupting_progress, tiny_run_config
 
 
 def _config(assets_dir):
-    config = RunConfig(model="cifar10_resnet20", weights="cifar10jpeg-resnet20", latency_reduction=None,
-                       drop=2, seed=4)
-    config.data.path = str(assets_dir / "cifar10-jpeg" / "train")
-    config.data.num_images = 16
-    config.latency.batch_size, config.latency.repeats, config.latency.warmup = 8, 2, 1
-    config.scoring.iterations, config.scoring.batch_size = 2, 8
-    config.recovery.iterations, config.recovery.batch_size, config.recovery.checkpoint_every = 8, 8, 100
-    return config
+    return tiny_run_config(assets_dir, seed=4, **{
+        "data.num_images": 16, "latency.batch_size": 8, "latency.repeats": 2, "latency.warmup": 1,
+        "scoring.batch_size": 8, "recovery.iterations": 8, "recovery.batch_size": 8, "recovery.checkpoint_every": 100})
 
 
 def test_interrupted_recovery_resumes_from_the_run_folder(tmp_path, assets_dir):

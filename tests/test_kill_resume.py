@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from dfpractise.config import RunConfig
 from dfpractise.engine import compress
 from dfpractise.recipe import save_recipe
+
+from conftest import tiny_run_config
 
 CLI = [sys.executable, "-c", "from dfpractise.cli import main; main()"]
 
@@ -67,13 +68,8 @@ def test_synthesis_killed_mid_way_resumes_to_the_same_png_bytes(tmp_path):
 
 
 def test_recovery_killed_mid_way_resumes_to_the_same_weights(tmp_path, assets_dir):
-    config = RunConfig(model="cifar10_resnet20", weights="cifar10jpeg-resnet20", latency_reduction=None,
-                       drop=2, seed=5)
-    config.data.path = str(assets_dir / "cifar10-jpeg" / "train")
-    config.data.num_images = 16
-    config.latency.batch_size, config.latency.repeats, config.latency.warmup = 4, 1, 0
-    config.scoring.iterations, config.scoring.batch_size = 2, 8
-    config.recovery.iterations, config.recovery.batch_size, config.recovery.checkpoint_every = 80, 8, 2
+    config = tiny_run_config(assets_dir, seed=5, **{"data.num_images": 16, "scoring.batch_size": 8,
+                                                   "recovery.iterations": 80, "recovery.batch_size": 8})
     whole = tmp_path / "whole"
     compress(config, whole)
 

@@ -8,13 +8,14 @@ import torch
 from click.testing import CliRunner
 
 from dfpractise.cli import main
-from dfpractise.config import RunConfig
 from dfpractise.engine import compress
 from dfpractise.errors import ConfigError
 from dfpractise.latency_table import architecture_fingerprint
 from dfpractise.models.reference import load_model
 from dfpractise.progress import Progress
 from dfpractise.runs import load_run
+
+from conftest import tiny_run_config
 
 
 class Watching(Progress):
@@ -30,16 +31,7 @@ class Watching(Progress):
 
 
 def _config(assets_dir, **latency):
-    config = RunConfig(model="cifar10_resnet20", weights="cifar10jpeg-resnet20", latency_reduction=None,
-                       drop=2, seed=7)
-    config.data.path = str(assets_dir / "cifar10-jpeg" / "train")
-    config.data.num_images = 12
-    config.latency.batch_size, config.latency.repeats, config.latency.warmup = 4, 1, 0
-    config.scoring.iterations, config.scoring.batch_size = 2, 6
-    config.recovery.iterations, config.recovery.batch_size = 4, 6
-    for key, value in latency.items():
-        setattr(config.latency, key, value)
-    return config
+    return tiny_run_config(assets_dir, seed=7, **{"recovery.iterations": 4, **{f"latency.{k}": v for k, v in latency.items()}})
 
 
 @pytest.fixture

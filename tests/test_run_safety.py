@@ -10,7 +10,6 @@ import torch
 from click.testing import CliRunner
 
 from dfpractise.cli import main
-from dfpractise.config import RunConfig
 from dfpractise.engine import compress
 from dfpractise.errors import ConfigError, DataError, DivergedError, ModelError
 from dfpractise.recovery import RECOVERY_METHODS, RecoveryMethod, recover
@@ -18,19 +17,11 @@ from dfpractise.report import write_json
 from dfpractise.runs import RunFolder, load_run
 from dfpractise.sources import read_file_list
 
+from conftest import tiny_run_config
+
 
 def _config(assets_dir, **changes):
-    config = RunConfig(model="cifar10_resnet20", weights="cifar10jpeg-resnet20", latency_reduction=None,
-                       drop=2, seed=3)
-    config.data.path = str(assets_dir / "cifar10-jpeg" / "train")
-    config.data.num_images = 12
-    config.latency.batch_size, config.latency.repeats, config.latency.warmup = 4, 1, 0
-    config.scoring.iterations, config.scoring.batch_size = 2, 6
-    config.recovery.iterations, config.recovery.batch_size, config.recovery.checkpoint_every = 6, 6, 2
-    for key, value in changes.items():
-        section, _, name = key.rpartition(".")
-        setattr(getattr(config, section) if section else config, name, value)
-    return config
+    return tiny_run_config(assets_dir, **changes)
 
 
 @pytest.fixture(scope="module")
