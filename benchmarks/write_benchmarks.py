@@ -11,7 +11,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks import any_model_report, deployment_report, gpu_report, robustness_report, side_by_side_report
+from benchmarks import (any_model_report, deployment_report, gpu_report, robustness_report, side_by_side_report,
+                        sweep_report)
 from benchmarks import distributed_report
 from synthesizers.files import write_text_atomic
 
@@ -29,6 +30,7 @@ ROBUSTNESS_PLOT = ROOT / "benchmarks" / "results" / "robustness.png"
 DEPLOYMENT_RESULTS = ROOT / "benchmarks" / "results" / "deployment.json"
 DISTRIBUTED_RESULTS = ROOT / "benchmarks" / "results" / "distributed.json"
 SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
+SWEEP_RESULTS = ROOT / "benchmarks" / "results" / "sweep.json"
 SOURCE_NAMES = {
     "synthetic": "data-free: 512 BN-inversion images",
     "ood": "out-of-domain: 1000 ImageNet sample images",
@@ -218,6 +220,7 @@ def main() -> None:
     any_model = json.loads(ANY_MODEL_RESULTS.read_text()) if ANY_MODEL_RESULTS.exists() else {}
     robustness = json.loads(ROBUSTNESS_RESULTS.read_text()) if ROBUSTNESS_RESULTS.exists() else {}
     deployment = json.loads(DEPLOYMENT_RESULTS.read_text()) if DEPLOYMENT_RESULTS.exists() else {}
+    sweeps = json.loads(SWEEP_RESULTS.read_text()) if SWEEP_RESULTS.exists() else {}
     distributed = json.loads(DISTRIBUTED_RESULTS.read_text()) if DISTRIBUTED_RESULTS.exists() else {}
     plotted = side_by_side_report.plot(side_by_side, SIDE_BY_SIDE_PLOT)
     plot_name = str(SIDE_BY_SIDE_PLOT.relative_to(ROOT)) if plotted else None
@@ -242,6 +245,7 @@ def main() -> None:
         *(["", *any_model_report.section(any_model, runs)] if any_model else []),
         *(["", *robustness_report.section(robustness, ROBUSTNESS_PLOT, ROOT)] if robustness else []),
         *(["", *deployment_report.section(deployment)] if deployment else []),
+        *(["", *sweep_report.section(sweeps, SWEEP_RESULTS.parent, ROOT)] if sweeps else []),
         *(["", *distributed_report.section(distributed)] if distributed_report.section(distributed) else []),
     ]
     if notes_path.exists():

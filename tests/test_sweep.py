@@ -217,3 +217,15 @@ def test_targets_are_checked_sorted_and_named():
     assert spread_list_options(["--targets", "--out", "d"], ("--targets",)) == ["--targets", "--out", "d"]
     assert spread_list_options(["--targets=0.1", "0.2"], ("--targets",)) == ["--targets=0.1", "--targets", "0.2"]
 
+
+def test_the_benchmark_section_shows_the_sweep_and_redraws_its_plot(swept, tmp_path):
+    from benchmarks import sweep_report
+
+    record = {**swept["result"].to_json(), "tiny_set": "real500", "wall_seconds": 60.0, "date": "2026-12-01",
+              "machine": "test box", "commit": "abc1234", "torch": "2.x"}
+    text = "\n".join(sweep_report.section({"sweeps": {"real500-s1-it4": record}}, tmp_path, tmp_path))
+    first = record["practise"][0]
+    assert f"| 10% | PRACTISE | {len(first['dropped'])} |" in text
+    assert f"{100 * first['measured_cut']:.1f}%" in text and "| 90% | PRACTISE | unreachable |" in text
+    assert (tmp_path / "sweep-real500-s1-it4.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](sweep-real500-s1-it4.png)" in text
