@@ -9,8 +9,8 @@ from contextlib import contextmanager
 import pytest
 from click.testing import CliRunner
 
+from conftest import tiny_run_config
 from dfpractise.cli import main, spread_list_options
-from dfpractise.config import RunConfig
 from dfpractise.errors import ConfigError
 from dfpractise.latency import torch_threads
 from dfpractise.progress import Progress
@@ -18,7 +18,7 @@ from dfpractise.recipe import save_recipe
 from dfpractise.runs import load_run
 from dfpractise.sweep import baseline_goal, check_targets, load_sweep, sweep, target_folder
 
-TARGETS = [0.2, 0.1, 0.9]  # out of order on purpose; 0.9 is beyond what dropping every block cuts
+TARGETS = [0.2, 0.1, 0.99]  # out of order on purpose; 0.99 is beyond what dropping every block cuts
 
 
 class Watching(Progress):
@@ -75,14 +75,11 @@ def eval_folder(tmp_path_factory, assets_dir):
 
 @pytest.fixture(scope="module")
 def config(assets_dir, eval_folder):
-    config = RunConfig(model="cifar10_resnet20", weights="cifar10jpeg-resnet20", latency_reduction=0.3, seed=1)
-    config.data.path = str(assets_dir / "cifar10-jpeg" / "train")
-    config.data.num_images, config.data.eval_path = 16, str(eval_folder)
-    config.latency.batch_size, config.latency.repeats, config.latency.warmup = 8, 2, 1
-    config.latency.remeasure = True  # so that only the sweep, not the latency cache, can spare a timing
-    config.scoring.iterations, config.scoring.batch_size = 2, 8
-    config.recovery.iterations, config.recovery.batch_size, config.recovery.checkpoint_every = 4, 8, 100
-    return config
+    return tiny_run_config(assets_dir, **{
+        "drop": None, "latency_reduction": 0.3, "seed": 1, "data.num_images": 16, "data.eval_path": str(eval_folder),
+        "latency.repeats": 2, "latency.remeasure": True,  # only the sweep, not the latency cache, may spare a timing
+        "recovery.iterations": 4, "recovery.checkpoint_every": 100,
+    })
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +112,7 @@ def test_resume_finishes_without_redoing_finished_targets(swept):
 
 def test_one_loadable_run_folder_per_target(swept):
     out, result = swept["out"], swept["result"]
-    assert result.targets == [0.1, 0.2, 0.9]
+    assert result.targets == [0.1, 0.2, 0.99]
     done = [p for p in result.practise if p.status == "done"]
     assert [p.target for p in done] == [0.1, 0.2]
     for point in done:
@@ -128,16 +125,16 @@ def test_one_loadable_run_folder_per_target(swept):
 
 
 def test_an_unreachable_target_is_a_row_not_a_failed_sweep(swept):
-    (unreachable,) = [p for p in swept["result"].practise if p.target == 0.9]
+    (unreachable,) = [p for p in swept["result"].practise if p.target == 0.99]
     assert unreachable.status == "unreachable" and "out of reach" in unreachable.reason
 
 
 def test_sweep_json_and_png_are_written(swept):
     out = swept["out"]
     record = load_sweep(out)
-    assert record["targets"] == [0.1, 0.2, 0.9] and record["baseline"] is None
+    assert record["targets"] == [0.1, 0.2, 0.99] and record["baseline"] is None
     assert [r["status"] for r in record["practise"]] == ["done", "done", "unreachable"]
-    assert [r["folder"] for r in record["practise"]] == ["target-0.10", "target-0.20", "target-0.90"]
+    assert [r["folder"] for r in record["practise"]] == ["target-0.10", "target-0.20", "target-0.99"]
     assert record["teacher"]["top1"] == record["practise"][0]["teacher_top1"]
     assert record["settings"]["latency_reduction"] is None and record["plot"] == "sweep.png"
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -226,6 +223,6 @@ def test_the_benchmark_section_shows_the_sweep_and_redraws_its_plot(swept, tmp_p
     text = "\n".join(sweep_report.section({"sweeps": {"real500-s1-it4": record}}, tmp_path, tmp_path))
     first = record["practise"][0]
     assert f"| 10% | PRACTISE | {len(first['dropped'])} |" in text
-    assert f"{100 * first['measured_cut']:.1f}%" in text and "| 90% | PRACTISE | unreachable |" in text
+    assert f"{100 * first['measured_cut']:.1f}%" in text and "| 99% | PRACTISE | unreachable |" in text
     assert (tmp_path / "sweep-real500-s1-it4.png").read_bytes()[:4] == b"\x89PNG"
     assert "](sweep-real500-s1-it4.png)" in text
