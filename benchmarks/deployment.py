@@ -79,7 +79,7 @@ def latencies(models: dict[str, nn.Module], batches: dict[int, int], resolution:
 def onnx_accuracy(models: dict[str, nn.Module], val: Path, limit: int | None, batch_size: int = 500) -> dict:
     """Top-1 of each model in PyTorch and as an ONNX file in onnxruntime, on the same images."""
     from dfpractise.evaluate import load_labelled_folder
-    from dfpractise.export import onnx_bytes, onnx_session
+    from dfpractise.onnx_graph import onnx_bytes, onnx_session
 
     spec = spec_of(models["teacher"])
     data = load_labelled_folder(val, spec.input_size, limit)

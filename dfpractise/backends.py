@@ -28,6 +28,18 @@ if TYPE_CHECKING:
     from .latency import Timing
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` intra-op threads, restoring the previous setting afterwards."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
 class Forward(ABC):
     """One model, ready to run on its backend: ``forward(batch)`` returns once the result exists."""
 
@@ -49,8 +61,6 @@ class Backend(ABC):
     @contextmanager
     def running(self, timing: "Timing") -> Iterator[int]:
         """The context the timed forwards run in (not their preparation); yields their threads."""
-        from .latency import torch_threads
-
         with torch_threads(timing.threads) as threads:
             yield threads
 
@@ -125,7 +135,7 @@ class _TorchForward(Forward):
 class OnnxRuntimeBackend(Backend):
     """onnxruntime on CPU (``CPUExecutionProvider``), all graph optimisations on.
 
-    Each model is exported to ONNX in memory at the timing's batch shape (``export.onnx_bytes``)
+    Each model is exported to ONNX in memory at the timing's batch shape (``onnx_graph.onnx_bytes``)
     and gets its own session of ``threads`` intra-op threads. Thread spinning is off: with
     spinning, an idle session's threads keep a core busy for a while after each run and would
     slow the next model of an interleaved round. One instance keeps the sessions of the last
@@ -139,7 +149,7 @@ class OnnxRuntimeBackend(Backend):
         self._kept: list[tuple[nn.Module, tuple, Any]] = []
 
     def check(self, timing: "Timing") -> None:
-        from .export import require
+        from .onnx_graph import require
 
         if torch.device(timing.device).type != "cpu":
             raise ConfigError(f"the onnxruntime latency backend runs on the CPU, not {timing.device}; "
@@ -151,7 +161,7 @@ class OnnxRuntimeBackend(Backend):
         return torch.randn(timing.batch_size, 3, timing.resolution, timing.resolution).numpy()
 
     def forward(self, model: nn.Module, batch: Any, timing: "Timing") -> Forward:
-        from .export import onnx_bytes, onnx_session
+        from . import onnx_graph
 
         threads = timing.threads or torch.get_num_threads()
         key = (tuple(batch.shape), threads)
@@ -160,8 +170,8 @@ class OnnxRuntimeBackend(Backend):
                 self._kept.append(self._kept.pop(index))
                 return _SessionForward(session)
         self.check(timing)
-        graph = onnx_bytes(model, torch.from_numpy(batch), dynamic_batch=False)
-        session = onnx_session(graph, threads, spinning=False)
+        graph = onnx_graph.onnx_bytes(model, torch.from_numpy(batch), dynamic_batch=False)
+        session = onnx_graph.onnx_session(graph, threads, spinning=False)
         self._kept = [*self._kept, (model, key, session)][-self.KEEP:]
         return _SessionForward(session)
 

@@ -22,7 +22,8 @@ from .config import RegistryRef, setting
 from .envinfo import check_device
 from .models.adapter import spec_of
 from .errors import ConfigError, DFPractiseError
-from .export import EXPORT_FORMATS, EXPORTERS
+from .export import EXPORT_FORMATS
+from .onnx_graph import EXPORTERS
 from .sources import SOURCES
 from .sweep import BASELINES as SWEEP_BASELINES
 from .synthesis import synthesis_sources

@@ -19,107 +19,30 @@ onnxscript) come with ``pip install 'dfpractise[export]'``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
-import io
 import json
-import sys
 import time
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 from synthesizers.files import atomic_write
 from synthesizers.registry import Registry
 from torch import nn
 
+from . import onnx_graph
 from .errors import ConfigError, DFPractiseError, ModelError
+from .onnx_graph import EXPORTERS, INPUT, OUTPUT
 
-INSTALL_HINT = "pip install 'dfpractise[export]'"
 TOLERANCE = 1e-4
 """Allowed max |exported - PyTorch| logit difference, relative to max(1, max |PyTorch logit|)."""
 CHECK_IMAGES = 8
 """Inputs an export is checked on (tiny-set images, else random normal ones)."""
-INPUT, OUTPUT = "input", "logits"
-EXPORTERS = ("torchscript", "dynamo")
-"""ONNX exporters of torch: the TorchScript-based one (``dynamo=False``) and ``torch.export``'s."""
 METADATA_KEY = "dfpractise"
 """Where every format keeps what rebuilds and feeds the model (manifest, input spec), as JSON."""
 EXPORT_FORMAT = "dfpractise-export/1"
-
-
-def require(module: str, purpose: str) -> Any:
-    """Import an optional package, or say in one line how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{purpose} needs {module}, which is not installed: {INSTALL_HINT}") from None
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Exporters warn (deprecations, tracer notes) and may print; the check below is what counts,
-    and stdout stays clean for ``--json``."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
-        yield
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def onnx_bytes(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool = True, opset: int | None = None,
-               exporter: str = "torchscript") -> bytes:
-    """``model`` (in eval mode) as an ONNX graph: input ``input`` (N x 3 x H x W), output ``logits``.
-
-    ``exporter`` "torchscript" is torch's TorchScript-based exporter (``dynamo=False``: several
-    times faster, needs onnx but not onnxscript); "dynamo" is ``torch.export``'s (needs onnxscript
-    too). Both are checked the same way by ``export_model``. With
-    ``dynamic_batch`` the batch axis is left free (``example`` should then hold two images or
-    more: torch.export fixes an axis of size 1).
-    """
-    if exporter not in EXPORTERS:
-        raise ConfigError(f"unknown ONNX exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
-    require("onnx", "ONNX export")  # torch's exporters both build the graph with it
-    if exporter == "dynamo":
-        require("onnxscript", "the dynamo ONNX exporter")
-    with _quiet(), _eval(model), torch.no_grad():
-        if exporter == "torchscript":
-            buffer = io.BytesIO()
-            axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
-            torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
-                              opset_version=opset, dynamic_axes=axes)
-            return buffer.getvalue()
-        shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                    opset_version=opset, dynamic_shapes=shapes, verbose=False)
-        return program.model_proto.SerializeToString()
-
-
-def onnx_session(graph: bytes | str | Path, threads: int | None = None, *, spinning: bool = True) -> Any:
-    """An onnxruntime ``InferenceSession`` on CPU (all graph optimisations, ``threads`` intra-op)."""
-    ort = require("onnxruntime", "running ONNX models")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = str(graph) if isinstance(graph, Path) else graph
-    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 @dataclass(frozen=True)
@@ -145,7 +68,7 @@ class ExportFormat(ABC):
     def check(self, options: ExportOptions) -> None:
         """Refuse options or missing packages before anything is exported."""
         for module in self.needs:
-            require(module, f"{self.name} export")
+            onnx_graph.require(module, f"{self.name} export")
 
     @abstractmethod
     def write(self, model: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions,
@@ -182,11 +105,11 @@ class OnnxFormat(ExportFormat):
         if options.exporter not in EXPORTERS:
             raise ConfigError(f"unknown ONNX exporter {options.exporter!r}; known: {', '.join(EXPORTERS)}")
         if options.exporter == "dynamo":
-            require("onnxscript", "the dynamo ONNX exporter")
+            onnx_graph.require("onnxscript", "the dynamo ONNX exporter")
 
     def write(self, model, example, path, options, metadata) -> None:
-        onnx = require("onnx", "ONNX export")
-        graph = onnx.load_from_string(onnx_bytes(model, example, dynamic_batch=options.dynamic_batch,
+        onnx = onnx_graph.require("onnx", "ONNX export")
+        graph = onnx.load_from_string(onnx_graph.onnx_bytes(model, example, dynamic_batch=options.dynamic_batch,
                                                  opset=options.opset, exporter=options.exporter))
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
@@ -195,7 +118,7 @@ class OnnxFormat(ExportFormat):
         path.write_bytes(graph.SerializeToString())
 
     def runner(self, path: Path) -> Runner:
-        session = onnx_session(path)
+        session = onnx_graph.onnx_session(path)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
@@ -203,7 +126,7 @@ class OnnxFormat(ExportFormat):
         return run
 
     def runtime(self) -> str:
-        return f"onnxruntime {require('onnxruntime', 'running ONNX models').__version__}"
+        return f"onnxruntime {onnx_graph.require('onnxruntime', 'running ONNX models').__version__}"
 
 
 @register_format("torchscript")
@@ -218,12 +141,12 @@ class TorchScriptFormat(ExportFormat):
             raise ConfigError("--opset is for ONNX exports")
 
     def write(self, model, example, path, options, metadata) -> None:
-        with _quiet(), _eval(model), torch.no_grad():
+        with onnx_graph.quiet(), onnx_graph.eval_mode(model), torch.no_grad():
             traced = torch.jit.trace(model, example, check_trace=False)
             torch.jit.save(traced, str(path), _extra_files={self.EXTRA: json.dumps(metadata)})
 
     def runner(self, path: Path) -> Runner:
-        with _quiet():
+        with onnx_graph.quiet():
             module = torch.jit.load(str(path), map_location="cpu").eval()
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -339,7 +262,7 @@ def export_model(model: nn.Module, out: str | Path, format: str = "onnx", *, dyn
             raise ModelError(f"{format} export failed ({_first_line(err)}); nothing was written"
                              + _hint(format, options)) from None
         diff, scale = 0.0, 1.0
-        with _eval(model), torch.no_grad():
+        with onnx_graph.eval_mode(model), torch.no_grad():
             for got, x in outputs:
                 want = model(x)
                 if not isinstance(got, torch.Tensor) or got.shape != want.shape:
@@ -468,7 +391,7 @@ def _random_inputs(size: int, count: int = CHECK_IMAGES) -> torch.Tensor:
 
 
 def _onnx_opset(path: Path) -> int | None:
-    onnx = require("onnx", "ONNX export")
+    onnx = onnx_graph.require("onnx", "ONNX export")
     graph = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
 

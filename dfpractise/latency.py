@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from .backends import Backend, create_backend, torch_threads  # noqa: F401 - torch_threads for callers
 from .progress import Progress
 
 if TYPE_CHECKING:
-    from .backends import Backend
     from .config import LatencyConfig
 
 
@@ -89,18 +88,6 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return statistics.quantiles(sorted_values, n=4, method="inclusive")[int(q * 4) - 1]
 
 
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[int]:
-    """Run with ``threads`` intra-op threads, restoring the previous setting afterwards."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
-
-
 def compare_latency(
     models: Mapping[str, nn.Module],
     timing: Timing,
@@ -117,8 +104,6 @@ def compare_latency(
     of ``timing.backend`` to reuse across measurements of unchanged models (it may keep what it
     prepared for them, such as the teacher's onnxruntime session); default a fresh one.
     """
-    from .backends import create_backend
-
     backend = backend or create_backend(timing.backend)
     backend.check(timing)
     progress = progress or Progress()
@@ -220,7 +205,6 @@ def profile_blocks(
     otherwise reorder them. A saving that is near zero or negative is clamped to a small positive
     floor so that it cannot blow up or flip a score; the record says so.
     """
-    from .backends import create_backend
     from .models.blocks import drop_blocks
 
     progress = progress or Progress()
@@ -277,7 +261,6 @@ def _signature(model: nn.Module, block) -> tuple:
 
 def cut_measure(model: nn.Module, timing: Timing, progress: Progress | None = None):
     """A ``selection.Measure``: the measured cut of dropping blocks from ``model``, paired against it."""
-    from .backends import create_backend
     from .models.blocks import drop_blocks
     from .selection import MeasuredCut
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dfpractise import export
+from dfpractise import export, onnx_graph
 from dfpractise.backends import BACKENDS
 from dfpractise.cli import main
 from dfpractise.errors import ConfigError
@@ -58,8 +58,8 @@ def test_a_measurement_leaves_the_models_as_they_were(backend, resnet20):
 def test_onnxruntime_prepares_an_unchanged_teacher_once(resnet20, monkeypatch):
     """``cut_measure`` keeps one backend for all of a selection's measurements."""
     exported = []
-    real = export.onnx_bytes
-    monkeypatch.setattr(export, "onnx_bytes", lambda model, *a, **k: exported.append(model) or real(model, *a, **k))
+    real = onnx_graph.onnx_bytes
+    monkeypatch.setattr(onnx_graph, "onnx_bytes", lambda model, *a, **k: exported.append(model) or real(model, *a, **k))
     measure = cut_measure(resnet20, _timing(backend="onnxruntime"))
     first = measure(["layer1.1"])
     measure(["layer1.1", "layer3.1"])
@@ -86,8 +86,8 @@ def _run_args(assets_dir, out, *extra):
 
 def test_a_run_selected_on_onnxruntime_times_its_blocks_there_and_says_so(tmp_path, assets_dir, monkeypatch):
     exported = []
-    real = export.onnx_bytes
-    monkeypatch.setattr(export, "onnx_bytes", lambda model, *a, **k: exported.append(model) or real(model, *a, **k))
+    real = onnx_graph.onnx_bytes
+    monkeypatch.setattr(onnx_graph, "onnx_bytes", lambda model, *a, **k: exported.append(model) or real(model, *a, **k))
     out = tmp_path / "run"
     result = CliRunner().invoke(main, _run_args(assets_dir, out, "--latency-backend", "onnxruntime", "--json"))
     assert result.exit_code == 0, result.output

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import dfpractise
-from dfpractise import export
+from dfpractise import export, onnx_graph
 from dfpractise.cli import main
 from dfpractise.config import RunConfig
 from dfpractise.engine import compress
@@ -118,8 +118,8 @@ def test_an_export_that_differs_is_refused_and_leaves_no_file(fmt, loaded, image
     """The exporter writes the wrong model (here the teacher): the check catches it and nothing stays."""
     pruned_type = type(loaded.pruned)
     if fmt == "onnx":
-        real = export.onnx_bytes
-        monkeypatch.setattr(export, "onnx_bytes", lambda model, *a, **k: real(loaded.teacher, *a, **k))
+        real = onnx_graph.onnx_bytes
+        monkeypatch.setattr(onnx_graph, "onnx_bytes", lambda model, *a, **k: real(loaded.teacher, *a, **k))
     else:
         real_trace = torch.jit.trace
         monkeypatch.setattr(torch.jit, "trace", lambda model, *a, **k: real_trace(loaded.teacher, *a, **k))
