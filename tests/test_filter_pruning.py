@@ -225,9 +225,29 @@ def test_match_latency_finds_a_ratio_on_a_non_monotone_curve():
     ratio, model, got, log = match_latency(nn.Identity(), 0.3, make_pruned, measure, tolerance=0.01)
     assert abs(got - 0.3) <= 0.01
     assert model.conv.out_channels == kept_channels(64, ratio)
-    assert log[-1]["chosen"] and log[-1]["note"] == "within tolerance"
+    chosen = [e for e in log if e["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["note"] == "the smallest ratio within tolerance"
+    assert chosen[0]["ratio"] == min(e["ratio"] for e in log if e["within_tolerance"] and e["measured"])
     assert sum(e["measured"] for e in log) == len(calls) == len(set(calls)) <= 8
     assert [e["trial"] for e in log] == list(range(1, len(log) + 1))
+
+
+def test_match_latency_keeps_bisecting_below_a_match_for_the_smallest_ratio():
+    """A plateau: widths from 45% removed up to the bound all measure within tolerance. Growth from
+    below jumps onto the plateau far above where it starts; the search must come back down."""
+    make_pruned, removed = _fake()
+
+    def cut(models):
+        r = removed(models)
+        return 0.2 if r < 0.45 else 0.39 + 0.01 * (r - 0.45)
+
+    ratio, model, got, log = match_latency(nn.Identity(), 0.4, make_pruned, cut, tolerance=0.02, max_trials=8,
+                                           bounds=(0.05, 0.9))
+    first_hit = next(e for e in log if e["within_tolerance"])
+    assert first_hit["ratio"] > 0.6, "growth overshoots onto the plateau, as in the benchmark"
+    assert abs(got - 0.4) <= 0.02
+    assert 0.45 <= 1 - model.conv.out_channels / 64 < 0.5, "the smallest ratio within tolerance, not the first"
+    assert ratio == min(e["ratio"] for e in log if e["within_tolerance"] and e["measured"])
 
 
 def test_match_latency_returns_closest_at_or_above_when_none_within_tolerance():
@@ -274,7 +294,8 @@ def test_match_latency_with_real_pruning(teacher):
         teacher, 0.25, lambda r: prune_filters(teacher, EXAMPLE, r), measure, tolerance=0.03, max_trials=3
     )
     assert abs(got - 0.25) <= 0.03
-    assert log[-1]["inner_channels"] == sum(inner_widths(pruned).values())
+    chosen = next(e for e in log if e["chosen"])
+    assert chosen["inner_channels"] == sum(inner_widths(pruned).values())
     pruned(torch.randn(2, 3, 32, 32))
 
 

@@ -304,10 +304,13 @@ def match_latency(
     Returns (ratio, pruned model, measured cut, trial log). Cuts are fractions of the unpruned
     model's latency. CPU kernel speed is not monotone in channel count, so this brackets and
     bisects on the ratio, measures each distinct structure once (ratios that give the same
-    channel counts share a measurement), and keeps every trial. If no trial lands within
-    tolerance it returns the trial closest to the target from above (the smallest cut that still
-    meets it), else the largest cut found; the chosen log entry says which (``chosen``, ``note``).
-    ``max_trials`` counts measurements; ``bounds`` limits the ratios tried.
+    channel counts share a measurement), and keeps every trial. A trial within tolerance does not
+    end the search: a plateau can put a far larger ratio within tolerance too (growth from 0.42
+    once landed on the 0.9 bound), so it keeps bisecting below the match and returns the
+    *smallest* ratio within tolerance, the least pruning that reaches the cut. If no trial lands
+    within tolerance it returns the trial closest to the target from above (the smallest cut
+    that still meets it), else the largest cut found; the chosen log entry says which
+    (``chosen``, ``note``). ``max_trials`` counts measurements; ``bounds`` limits the ratios tried.
     """
     _check_search(target_cut, tolerance, max_trials, bounds)
     measure = measure or latency_measure(Timing(resolution=spec_of(model).input_size, repeats=5))
@@ -346,12 +349,10 @@ def match_latency(
         log.append(entry)
         progress.log(_describe(entry, target_cut))
         _forget_losers(models, log, target_cut)
-        if entry["within_tolerance"]:
-            break
         if repeats >= _MAX_REPEATS:
             search.stopped = f"{repeats} bisections in a row gave no new channel counts"
             break
-        ratio = search.next(ratio, entry["cut"])
+        ratio = search.next(ratio, entry["cut"], hit=entry["within_tolerance"])
     index, note = _choose(log, target_cut, tolerance, stopped=search.stopped)
     log[index]["chosen"] = True
     log[index]["note"] = note
@@ -381,8 +382,9 @@ class _Search:
     Growing extrapolates cut ~ ratio from the last trial, but moves at least a step that doubles
     each time, so a plateau (many ratios, one measured speed) is crossed in a few trials.
 
-    The bracket is (largest ratio measured below target, smallest ratio measured above); every
-    proposal lies strictly inside it, so it stays consistent even where the cut is not monotone.
+    The bracket is (largest ratio measured below target, smallest ratio measured above it or
+    within tolerance); every proposal lies strictly inside it, so it stays consistent even where
+    the cut is not monotone, and after a match it only proposes smaller ratios.
     """
 
     MIN_WIDTH = 1e-3  # below this the bracket holds no other channel count worth measuring
@@ -400,11 +402,11 @@ class _Search:
         # inner convs carry nearly all block FLOPs, so cut ~ ratio is the optimistic first guess
         return min(max(self.target, self.low), self.high)
 
-    def next(self, ratio: float, cut: float) -> float | None:
-        if cut < self.target:
-            self.below = ratio
+    def next(self, ratio: float, cut: float, hit: bool = False) -> float | None:
+        if hit or cut >= self.target:
+            self.above = ratio if self.above is None else min(self.above, ratio)
         else:
-            self.above = ratio
+            self.below = ratio
         if self.above is None:
             return self._grow(ratio, cut)
         low = self.below if self.below is not None else self.low
@@ -467,7 +469,7 @@ def _choose(log: list[dict], target: float, tolerance: float, stopped: str) -> t
     unique = [i for i, e in enumerate(log) if e["measured"]]
     hits = [i for i in unique if log[i]["within_tolerance"]]
     if hits:
-        return min(hits, key=lambda i: abs(log[i]["cut"] - target)), "within tolerance"
+        return min(hits, key=lambda i: log[i]["ratio"]), "the smallest ratio within tolerance"
     reason = f"no trial within ±{tolerance:g} of the target {target:g}"
     if stopped:
         reason += f" ({stopped})"
