@@ -256,6 +256,19 @@ class Cell:
             "macs": count_macs(student, self.world.input_size),
         }
 
+    def forget_bound_searches(self) -> None:
+        """Drop each filter-pruning search that chose the highest ratio allowed, with the rows built
+        on it and the cell's latency check, so that they are searched and measured again."""
+        for importance, search in list(self.record["filter_search"].items()):
+            if search["ratio"] < max_ratio(self.world.teacher, search["round_to"]) - 1e-9:
+                continue
+            print(f"  redo filter/{importance}: its search ended on the bound ratio {search['ratio']}", flush=True)
+            del self.record["filter_search"][importance]
+            for name in [n for n in self.rows if n.startswith(f"filter/{importance}/")]:
+                del self.rows[name]
+            self.record.pop("latency_check", None)
+        self.save()
+
     def latency_check(self) -> None:
         """Teacher, PRACTISE's network and each filter-pruned network timed in one interleaved run."""
         if "latency_check" in self.record:
@@ -356,6 +369,10 @@ def main() -> None:
     parser.add_argument("--search-repeats", type=int, default=5, help="timing rounds per search trial")
     parser.add_argument("--curve", action="store_true", help="only measure cut against ratio for L1")
     parser.add_argument("--no-import", action="store_true", help="recompute block-drop rows the engine grid has")
+    parser.add_argument("--redo-bound-searches", action="store_true",
+                        help="search again the filter-pruning ratios that ended on the upper bound (the search "
+                             "used to stop at its first match, which could be the bound), and redo their rows and "
+                             "the cell's latency check")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--engine-results", type=Path, default=ROOT / "benchmarks" / "results" / "engine.json")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "side_by_side")
@@ -369,6 +386,8 @@ def main() -> None:
     for tiny_set, target, seed in itertools.product(args.tiny_sets, args.targets, args.seeds):
         cell = Cell(args, world, tiny_set, target, seed)
         print(f"cell {cell.key}", flush=True)
+        if args.redo_bound_searches:
+            cell.forget_bound_searches()
         cell.block_rows()
         cell.filter_rows()
         cell.latency_check()
