@@ -104,15 +104,21 @@ def interrupting_progress(prefix: str, step: int):
                     yield inner
                     return
 
-                class Counting:
-                    count = 0
-
-                    def advance(self_, steps=1, **fields):
-                        self_.count += steps
-                        inner.advance(steps, **fields)
-                        if self_.count == step:
-                            os.kill(os.getpid(), signal.SIGINT)
-
-                yield Counting()
+                yield interrupting_task(inner, step)
 
     return _Interrupting(quiet=True)
+
+
+def interrupting_task(inner, step: int):
+    """A progress task that passes its steps on to ``inner`` and sends SIGINT, as Ctrl-C would, at ``step``."""
+
+    class Counting:
+        count = 0
+
+        def advance(self_, steps=1, **fields):
+            self_.count += steps
+            inner.advance(steps, **fields)
+            if self_.count == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return Counting()

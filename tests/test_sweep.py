@@ -1,15 +1,13 @@
 """`dfpractise sweep`: one timing and scoring, one run folder per target, a table and a picture."""
 
 import json
-import os
 import shutil
-import signal
 from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import tiny_run_config
+from conftest import interrupting_task, tiny_run_config
 from dfpractise.cli import main, spread_list_options
 from dfpractise.errors import ConfigError
 from dfpractise.latency import torch_threads
@@ -38,18 +36,7 @@ class Watching(Progress):
             if self.interrupt is None or not description.startswith("Recovering") or recoveries != self.interrupt[0]:
                 yield inner
                 return
-            step = self.interrupt[1]
-
-            class Counting:
-                count = 0
-
-                def advance(self_, steps=1, **fields):
-                    self_.count += steps
-                    inner.advance(steps, **fields)
-                    if self_.count == step:
-                        os.kill(os.getpid(), signal.SIGINT)
-
-            yield Counting()
+            yield interrupting_task(inner, self.interrupt[1])
 
     def count(self, prefix: str) -> int:
         return sum(t.startswith(prefix) for t in self.tasks)
