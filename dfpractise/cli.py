@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Any, Callable, Literal, get_args, get_origin
 
 import click
 from rich.console import Console
@@ -140,6 +140,8 @@ def setting_option(*flags: str, path: str, declared_default: bool = False, **kwa
         kwargs.setdefault("default", None)
     if ref is not None:
         kwargs.setdefault("type", click.Choice(ref.get().names()))
+    elif get_origin(kinds[0]) is Literal:
+        kwargs.setdefault("type", click.Choice(get_args(kinds[0])))
     elif kinds[0] is bool and "/" not in flags[0]:
         kwargs.setdefault("is_flag", True)
     elif kinds[0] in (int, float):
@@ -252,6 +254,7 @@ def main() -> None:
 @setting_option("--selection", path="selection")
 @setting_option("--recovery", path="recovery.method")
 @setting_option("--recovery-iterations", path="recovery.iterations")
+@setting_option("--teacher-views", path="recovery.teacher_views")
 @setting_option("--score-iterations", path="scoring.iterations")
 @setting_option("--batch-size", path="latency.batch_size")
 @setting_option("--resolution", path="latency.resolution")
@@ -261,6 +264,7 @@ def main() -> None:
 @setting_option("--latency-table", path="latency.table")
 @setting_option("--remeasure-latency", path="latency.remeasure")
 @setting_option("--device", path="device")
+@setting_option("--precision", path="precision")
 @setting_option("--seed", path="seed")
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
               help="Any setting by its recipe key, e.g. recovery.lr=0.01 or data.synthesis.steps=50 (repeatable).")
@@ -368,8 +372,10 @@ def _is_number(text: str) -> bool:
 @setting_option("--eval-data", path="data.eval_path")
 @setting_option("--recovery", path="recovery.method")
 @setting_option("--recovery-iterations", path="recovery.iterations")
+@setting_option("--teacher-views", path="recovery.teacher_views")
 @setting_option("--latency-repeats", path="latency.repeats")
 @setting_option("--device", path="device")
+@setting_option("--precision", path="precision")
 @setting_option("--seed", path="seed")
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
               help="Any setting by its recipe key, e.g. recovery.lr=0.01 (repeatable).")

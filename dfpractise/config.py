@@ -15,7 +15,7 @@ rules between settings live in ``RunConfig.validate``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, get_args
+from typing import Annotated, Any, Callable, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -55,6 +55,7 @@ DropCostName = registered("recoverability", "DROP_COSTS")
 RecoveryName = registered("recovery", "RECOVERY_METHODS")
 SelectionName = registered("selection", "SELECTION_METHODS")
 BackendName = registered("backends", "BACKENDS")
+Precision = Literal["auto", "fp32", "bf16"]  # read by dfpractise.precision
 
 
 def _open_unit_interval(value: float | None) -> float | None:
@@ -211,6 +212,8 @@ class RecoveryConfig(Settings):
     kd_temperature: float = Field(4.0, gt=0, description="Softmax temperature of kd.")
     checkpoint_every: int = Field(200, ge=0, description="Iterations between recovery checkpoints (0: only on "
                                   "interruption).")
+    teacher_views: int = Field(0, ge=0, description="Augmented copies of the tiny set whose teacher outputs are "
+                               "computed once and drawn from (0: augment and run the teacher every step).")
 
 
 class BlocksConfig(Settings):
@@ -244,6 +247,8 @@ class RunConfig(Settings):
         "that reaches it, or greedily by score.")
     seed: int = Field(0, description="Seed of the tiny-set draw, augmentations and fits: same seed, same blocks.")
     device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
+    precision: Precision = Field("fp32", description="Arithmetic of the training loops (scoring fits, recovery): "
+                                 "auto (bf16 autocast where the device does bf16 natively, else fp32), fp32 or bf16.")
     blocks: BlocksConfig = Field(default_factory=BlocksConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)

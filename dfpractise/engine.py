@@ -195,7 +195,7 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
     with timer("recovery"):
         recovery = recover(pruned, setup.teacher, tiny.images, config.recovery, augment, setup.normalize,
                            labels=tiny.labels, seed=config.seed, device=config.device, progress=progress,
-                           checkpoint=folder.checkpoint, adapter=setup.adapter)
+                           checkpoint=folder.checkpoint, adapter=setup.adapter, precision=config.precision)
     on_main(lambda: folder.save_model(pruned, setup.teacher, runs.make_manifest(
         config.model, setup.spec, setup.weights_ref if setup.weights_sha else None, setup.weights_sha, selection.dropped,
         reference_of(setup.teacher), setup.adapter.options)))
@@ -320,7 +320,7 @@ def score_blocks(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, 
     context = ScoringContext(
         teacher=setup.teacher, blocks=setup.blocks, delta_lat={b.name: b.delta_lat for b in latency.blocks},
         images=images, augment=augment, normalize=setup.normalize, config=config.scoring, seed=config.seed,
-        device=torch.device(config.device), progress=progress, adapter=setup.adapter,
+        device=torch.device(config.device), progress=progress, adapter=setup.adapter, precision=config.precision,
     )
     name = setup.drop_cost.name or type(setup.drop_cost).__name__
     return BlockCosts(name, setup.drop_cost(context))

@@ -30,6 +30,7 @@ from synthesizers.registry import Registry
 from torch import nn
 
 from . import distributed
+from . import precision as precisions
 from .config import ScoringConfig
 from .errors import ConfigError, DivergedError
 from .models.adapter import ModelAdapter, Stage, adapter_for
@@ -52,6 +53,7 @@ class ScoringContext:
     device: torch.device = torch.device("cpu")
     progress: Progress | None = None
     adapter: ModelAdapter | None = None  # the teacher's (its own is used when not given)
+    precision: str = "fp32"  # of the adaptor fits (dfpractise.precision); costs are measured in fp32
 
 
 @dataclass
@@ -178,6 +180,7 @@ class RecoverabilityCost(DropCost):
         cost = _fit_adaptors(
             adapter, block, runs[block.stage], targets, clean, config, generator,
             lambda loss, b=block.name: task.advance(1, block=b, loss=loss),
+            dtype=precisions.resolve(context.precision, context.device),
             on_diverged=lambda step, b=block.name: progress.log(
                 f"scoring: the adaptor fit of {b} diverged at iteration {step} of {config.iterations} "
                 f"(scoring.lr {config.lr:g}); its cost is the identity adaptors' error"),
@@ -282,8 +285,12 @@ def _fit_adaptors(
     generator: torch.Generator,
     on_step: Callable[[float], None],
     on_diverged: Callable[[int], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> float:
-    """Fit adaptors around the hole left by ``block``; return the feature MSE on the clean set."""
+    """Fit adaptors around the hole left by ``block``; return the feature MSE on the clean set.
+
+    ``dtype``: autocast of the fit's steps (bf16 or None); the errors compared are always fp32.
+    """
     with adapter.holes([block.name]) as student:
         adaptors, handles = attach_adaptors(adapter, student, block)
         adaptors.to(targets.device)  # made on the CPU; the cached activations may live on a GPU
@@ -303,7 +310,8 @@ def _fit_adaptors(
                 low = clean if total > clean else 0
                 for done in range(config.iterations):
                     index = torch.randint(low, total, (min(config.batch_size, total - low),), generator=generator)
-                    loss = F.mse_loss(run.features(adapter, student, index), targets[index])
+                    with precisions.autocast(dtype, targets.device):
+                        loss = F.mse_loss(run.features(adapter, student, index).float(), targets[index])
                     if not torch.isfinite(loss):
                         if on_diverged is not None:
                             on_diverged(done + 1)

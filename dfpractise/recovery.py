@@ -5,8 +5,15 @@ source works; the classifier head stays the teacher's. ``kd`` matches softened l
 plain cross-entropy on labels; ``none`` leaves the pruned network as it is. The student trains in
 train mode (BatchNorm re-estimated on the tiny set), the teacher stays in eval mode.
 
-Methods are registered (``RECOVERY_METHODS``, ``register_recovery``): a loss, its default
+Methods are registered (``RECOVERY_METHODS``, ``register_recovery``): what the teacher gives
+(its features, softened logits, or nothing), a loss of the student against that, its default
 learning rate, whether it needs labels and whether it trains the feature extractor only.
+
+Two speed settings, each checked against the plain path in tests: the run's ``precision`` (bf16
+autocast where the hardware does bf16 natively, ``dfpractise.precision``) and ``teacher_views``: the
+teacher is fixed, so its outputs can be computed once for a pool of ``teacher_views`` augmented
+copies of the tiny set, and each step draws from that pool instead of augmenting afresh and running
+the teacher (one teacher forward per pooled image instead of one per drawn image).
 
 The loop checkpoints every ``checkpoint_every`` iterations and when interrupted, and resumes from
 the checkpoint to the same result as an uninterrupted run (RNG states are saved with it).
@@ -37,6 +44,7 @@ from synthesizers.registry import Registry
 from torch import nn
 
 from . import distributed
+from . import precision as precisions
 from .config import RecoveryConfig
 from .errors import ConfigError, DataError, DivergedError
 from .models.adapter import ModelAdapter, adapter_for
@@ -45,21 +53,38 @@ from .interrupt import deferred_interrupt
 
 
 
-class RecoveryLoss(Protocol):
-    """The loss of one batch; ``adapter`` (the teacher's) reads the features of either model."""
+class TeacherOutput(Protocol):
+    """What the student learns from, for a batch: the teacher's features, softened logits..."""
 
-    def __call__(self, adapter: ModelAdapter, student: nn.Module, teacher: nn.Module, x: torch.Tensor,
+    def __call__(self, adapter: ModelAdapter, teacher: nn.Module, x: torch.Tensor,
+                 config: RecoveryConfig) -> torch.Tensor: ...
+
+
+class RecoveryLoss(Protocol):
+    """The loss of one batch against ``wanted`` (the teacher's output for ``x``, or None for a method
+    without one); ``adapter`` (the teacher's) reads the student's features."""
+
+    def __call__(self, adapter: ModelAdapter, student: nn.Module, x: torch.Tensor, wanted: torch.Tensor | None,
                  target: torch.Tensor | None, config: RecoveryConfig) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class RecoveryMethod:
-    """One way to recover: ``loss`` is None for a method that trains nothing (``none``)."""
+    """One way to recover: ``loss`` is None for a method that trains nothing (``none``).
+
+    ``teacher_output`` is computed without gradients, and may be computed once for a pool of
+    views (``teacher_views``); None for a method that learns from labels only.
+    """
 
     loss: RecoveryLoss | None
+    teacher_output: TeacherOutput | None = None
     default_lr: float = 0.02
     needs_labels: bool = False
     features_only: bool = False  # train the feature extractor only; the head stays the teacher's
+
+
+POOL_BYTES_MAX = 4 * 1024**3
+"""Largest pool of teacher views (inputs and outputs, float32) recovery keeps in memory."""
 
 
 RECOVERY_METHODS: Registry[RecoveryMethod] = Registry(
@@ -80,6 +105,7 @@ class RecoveryResult:
     losses: list[tuple[int, float]] = field(default_factory=list)  # (iteration, mean loss) samples
     resumed_from: int = 0
     seconds: float = 0.0
+    precision: str = "fp32"  # what the heavy ops ran in (dfpractise.precision)
 
 
 def recover(
@@ -95,12 +121,13 @@ def recover(
     progress: Progress | None = None,
     checkpoint: str | Path | None = None,
     adapter: ModelAdapter | None = None,
+    precision: str = "fp32",
 ) -> RecoveryResult:
     """Train ``student`` in place to recover the teacher's behaviour on ``images``.
 
     ``adapter`` is the teacher's (``adapter_for(teacher)`` when not given): where the features
     are read and which parameters form the head, for the student too (a pruned copy keeps the
-    teacher's module names).
+    teacher's module names). ``precision``: ``auto``, ``fp32`` or ``bf16`` (``dfpractise.precision``).
     """
     method = config.method
     adapter = adapter or adapter_for(teacher)
@@ -112,6 +139,7 @@ def recover(
                           f"(use {' or '.join(label_free_methods())})")
     device = torch.device(device)
     channels_last = device.type == "cpu"
+    dtype = precisions.resolve(precision, device)
     started = time.perf_counter()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     student.to(device, memory_format=memory_format).train()
@@ -127,7 +155,11 @@ def recover(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    result = RecoveryResult(method, config.iterations, None)
+    result = RecoveryResult(method, config.iterations, None, precision=precisions.name(dtype))
+    pool = None
+    if config.teacher_views and spec.teacher_output is not None:  # drawn before a checkpoint's RNG state returns
+        pool = _teacher_pool(adapter, teacher, images, spec.teacher_output, config, augment, normalize, dtype,
+                             device, channels_last, progress)
     start = 0
     checkpoint = Path(checkpoint) if checkpoint else None
     state = distributed.on_main(lambda: _read_checkpoint(checkpoint) if checkpoint is not None
@@ -143,23 +175,36 @@ def recover(
     try:
         with deferred_interrupt() as interrupted, distributed.synchronized_batchnorm(student, device), \
                 (progress or Progress()).task(f"Recovering ({method})", total=config.iterations) as task:
-            step = _parallel_loss(student, teacher, adapter, loss_fn, config, device) if parallel else None
+            step = _parallel_loss(student, adapter, loss_fn, config, device) if parallel else None
             task.advance(start)
             for iteration in range(start, config.iterations):
-                index = torch.randint(0, len(images), (config.batch_size,), generator=generator)
-                x = normalize(augment(images[index]))
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                if pool is not None:
+                    index = torch.randint(0, len(pool.inputs), (config.batch_size,), generator=generator)
+                    x, wanted = pool.inputs[index], pool.outputs[index]
+                    index = index % len(images)  # the pool holds view after view of the tiny set
+                else:
+                    index = torch.randint(0, len(images), (config.batch_size,), generator=generator)
+                    x = normalize(augment(images[index]))
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    wanted = None
                 target = labels[index] if labels is not None else None
                 if parallel:  # every rank drew and augmented the whole batch; each keeps its slice
                     part = torch.arange(config.batch_size).tensor_split(world)[rank].to(x.device)
                     share = len(part) / config.batch_size
                     x, target = x[part], (target[part] if target is not None else None)
-                    loss = step(x, target) * (share * world)  # DDP averages: this makes it the global mean
-                    # the loss of the global batch, and whether Ctrl-C reached any rank so far
+                    wanted = wanted[part] if wanted is not None else None
+                with precisions.autocast(dtype, device):
+                    if wanted is None and spec.teacher_output is not None:
+                        with torch.no_grad():
+                            wanted = spec.teacher_output(adapter, teacher, x, config)
+                    if parallel:
+                        loss = step(x, wanted, target) * (share * world)  # DDP averages: this makes it the global mean
+                    else:
+                        loss = loss_fn(adapter, student, x, wanted, target, config)
+                if parallel:  # the loss of the global batch, and whether Ctrl-C reached any rank so far
                     value, stop = distributed.all_reduce_sum([loss.item() / world, float(interrupted())])
                 else:
-                    loss = loss_fn(adapter, student, teacher, x, target, config)
                     value = loss.item()
                 if not math.isfinite(value):
                     raise _shared(_diverged(method, iteration + 1, config, value, lr, checkpoint))
@@ -221,25 +266,29 @@ def _trainable(adapter: ModelAdapter, student: nn.Module, features_only: bool) -
     return params
 
 
-def _mir_loss(adapter, student, teacher, x, target, config) -> torch.Tensor:
-    with torch.no_grad():
-        wanted = adapter.features(teacher, x)
-    return F.mse_loss(adapter.features(student, x), wanted)
+def _features(adapter, teacher, x, config) -> torch.Tensor:
+    return adapter.features(teacher, x).float()
 
 
-def _kd_loss(adapter, student, teacher, x, target, config) -> torch.Tensor:
+def _mir_loss(adapter, student, x, wanted, target, config) -> torch.Tensor:
+    return F.mse_loss(adapter.features(student, x).float(), wanted)
+
+
+def _soft_labels(adapter, teacher, x, config) -> torch.Tensor:
+    return F.softmax(teacher(x).float() / config.kd_temperature, dim=1)
+
+
+def _kd_loss(adapter, student, x, wanted, target, config) -> torch.Tensor:
     t = config.kd_temperature
-    with torch.no_grad():
-        wanted = F.softmax(teacher(x) / t, dim=1)
-    return F.kl_div(F.log_softmax(student(x) / t, dim=1), wanted, reduction="batchmean") * t * t
+    return F.kl_div(F.log_softmax(student(x).float() / t, dim=1), wanted, reduction="batchmean") * t * t
 
 
-def _bp_loss(adapter, student, teacher, x, target, config) -> torch.Tensor:
-    return F.cross_entropy(student(x), target)
+def _bp_loss(adapter, student, x, wanted, target, config) -> torch.Tensor:
+    return F.cross_entropy(student(x).float(), target)
 
 
-register_recovery("mir", RecoveryMethod(_mir_loss, default_lr=0.02, features_only=True))
-register_recovery("kd", RecoveryMethod(_kd_loss, default_lr=0.02))
+register_recovery("mir", RecoveryMethod(_mir_loss, _features, default_lr=0.02, features_only=True))
+register_recovery("kd", RecoveryMethod(_kd_loss, _soft_labels, default_lr=0.02))
 register_recovery("bp", RecoveryMethod(_bp_loss, default_lr=0.002, needs_labels=True))
 register_recovery("none", RecoveryMethod(None))
 
@@ -248,6 +297,48 @@ def label_free_methods() -> list[str]:
     """Names of the registered methods that train without labels (``none`` aside)."""
     return [n for n in RECOVERY_METHODS.names()
             if RECOVERY_METHODS.get(n).loss is not None and not RECOVERY_METHODS.get(n).needs_labels]
+
+
+@dataclass
+class _TeacherPool:
+    """``teacher_views`` augmented copies of the tiny set (view after view) and the teacher's outputs."""
+
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+
+
+def _teacher_pool(adapter: ModelAdapter, teacher: nn.Module, images: torch.Tensor, output: TeacherOutput,
+                  config: RecoveryConfig, augment, normalize, dtype: torch.dtype | None, device: torch.device,
+                  channels_last: bool, progress: Progress | None) -> _TeacherPool:
+    """Augment the tiny set ``teacher_views`` times and run the teacher once over all of it.
+
+    Augmentation draws from torch's generator, seeded by ``recover`` just before: the pool is the
+    same on every rank and when a resumed run builds it again. Refused in one line when it would
+    not fit in ``POOL_BYTES_MAX``.
+    """
+    views = config.teacher_views
+    inputs, outputs = [], []
+    with torch.no_grad(), (progress or Progress()).task("Teacher views", total=views) as task:
+        for view in range(views):
+            for chunk in images.split(max(config.batch_size, 256)):
+                x = normalize(augment(chunk))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with precisions.autocast(dtype, device):
+                    y = output(adapter, teacher, x, config)
+                if not inputs:
+                    per_image = (x[0].numel() + y[0].numel()) * 4
+                    needed = per_image * views * len(images)
+                    if needed > POOL_BYTES_MAX:
+                        raise ConfigError(
+                            f"recovery.teacher_views={views} would keep {needed / 1024**3:.1f} GiB of teacher views "
+                            f"for {len(images)} images (at most {POOL_BYTES_MAX / 1024**3:.0f} GiB); lower it, or "
+                            "set it to 0 to run the teacher every step")
+                inputs.append(x)
+                outputs.append(y.float())
+            task.advance(1)
+    memory_format = torch.channels_last if channels_last and inputs[0].dim() == 4 else torch.contiguous_format
+    return _TeacherPool(torch.cat(inputs).contiguous(memory_format=memory_format), torch.cat(outputs))
 
 
 def _save_checkpoint(path: Path, iteration, student, optimizer, scheduler, generator, result) -> None:
@@ -311,18 +402,17 @@ class _LossOf(nn.Module):
     The teacher stays out of the module tree: DDP has nothing of it to broadcast or reduce.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, adapter: ModelAdapter, loss: RecoveryLoss,
-                 config: RecoveryConfig):
+    def __init__(self, student: nn.Module, adapter: ModelAdapter, loss: RecoveryLoss, config: RecoveryConfig):
         super().__init__()
         self.student = student
-        self._rest = (teacher, adapter, loss, config)
+        self._rest = (adapter, loss, config)
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-        teacher, adapter, loss, config = self._rest
-        return loss(adapter, self.student, teacher, x, target, config)
+    def forward(self, x: torch.Tensor, wanted: torch.Tensor | None, target: torch.Tensor | None) -> torch.Tensor:
+        adapter, loss, config = self._rest
+        return loss(adapter, self.student, x, wanted, target, config)
 
 
-def _parallel_loss(student, teacher, adapter, loss, config, device: torch.device):
+def _parallel_loss(student, adapter, loss, config, device: torch.device):
     """The loss of one rank's slice, through DDP (gradients averaged over the ranks in backward).
 
     ``static_graph``: the graph is the same every step, and a loss that leaves trainable
@@ -333,5 +423,5 @@ def _parallel_loss(student, teacher, adapter, loss, config, device: torch.device
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return DistributedDataParallel(_LossOf(student, teacher, adapter, loss, config), device_ids=ids,
+    return DistributedDataParallel(_LossOf(student, adapter, loss, config), device_ids=ids,
                                    forward_sync_buffers=False, static_graph=True)

@@ -438,7 +438,8 @@ class _BaselineWorld:
         started = time.perf_counter()
         recovery = recover(student, setup.teacher, self.tiny.images, config.recovery, self.augment, setup.normalize,
                            labels=self.tiny.labels, seed=config.seed, device=config.device, progress=self.progress,
-                           checkpoint=folder / "recovery.ckpt", adapter=setup.adapter)
+                           checkpoint=folder / "recovery.ckpt", adapter=setup.adapter,
+                           precision=config.precision)
         seconds = time.perf_counter() - started
         save_weights(student, folder / "model.safetensors")
         spec = setup.spec

@@ -144,3 +144,18 @@ def test_recoverability_needs_images_and_unknown_scorer_is_an_error(teacher):
         create_drop_cost("recoverability")(_context(teacher, None))
     with pytest.raises(ConfigError, match="unknown scorer"):
         create_drop_cost("magic")
+
+
+def test_bf16_adaptor_fits_give_the_fp32_costs_within_bf16_rounding(teacher, images):
+    """bf16 changes the fits' rounding only: each block's cost stays within a few percent of the fp32
+    one (the clean errors compared are fp32 either way), and the fit still lowers the error."""
+    from dataclasses import replace
+
+    scorer = create_drop_cost("recoverability")
+    untrained = scorer(_context(teacher, images, iterations=0))
+    plain = scorer(_context(teacher, images, iterations=20, lr=0.002))
+    fast = scorer(replace(_context(teacher, images, iterations=20, lr=0.002), precision="bf16"))
+    assert fast != plain, "bf16 arithmetic must actually have run"
+    for name, cost in plain.items():
+        assert fast[name] == pytest.approx(cost, rel=0.05), name
+    assert sum(fast.values()) < sum(untrained.values())

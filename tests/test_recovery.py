@@ -95,3 +95,97 @@ def test_interrupted_recovery_resumes_to_the_same_weights(pair, images, tmp_path
     assert result.resumed_from == 5
     for key, value in student.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value)
+
+
+# --- speed settings, each against the plain path -------------------------------------------------
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["mir", "kd"])
+def test_a_pool_of_one_unaugmented_view_trains_exactly_as_the_plain_loop(assets_dir, images, method):
+    """With nothing random in the augmentation, drawing (view, image) from a one-view pool is the
+    plain loop's draw of an image: the same batches and targets, so the same weights bit for bit."""
+    teacher = create_model("cifar10_resnet20", weights="cifar10jpeg-resnet20").eval()
+    plain, pooled = (drop_blocks(teacher, ["layer1.1"]) for _ in range(2))
+    config = RecoveryConfig(method=method, iterations=4, batch_size=8, lr=0.01)
+    recover(plain, teacher, images, config, identity, normalize, seed=2)
+    recover(pooled, teacher, images, config.replace(teacher_views=1), identity, normalize, seed=2)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(pooled.state_dict()[key], value), key
+
+
+def test_a_pool_augments_once_per_view_not_every_step(pair, images):
+    teacher, student = pair
+    calls = {"n": 0}
+    from dfpractise.augment import train_augmentation
+
+    augmentation = train_augmentation(32)
+
+    def counting(x):
+        calls["n"] += 1
+        return augmentation(x)
+
+    recover(student, teacher, images[:40], RecoveryConfig(iterations=10, batch_size=8, teacher_views=3),
+            counting, normalize, seed=0)
+    assert calls["n"] == 3, "three views of a 40-image set, augmented once each, then drawn from"
+    calls["n"] = 0
+    recover(drop_blocks(teacher, ["layer1.1"]), teacher, images[:40], RecoveryConfig(iterations=10, batch_size=8),
+            counting, normalize, seed=0)
+    assert calls["n"] == 10, "the plain loop augments every step"
+
+
+def test_a_pooled_recovery_interrupted_and_resumed_ends_as_an_uninterrupted_one(pair, images, tmp_path):
+    """The pool is drawn from the seed, so a resumed run rebuilds the same views."""
+    teacher, student = pair
+    from dfpractise.augment import train_augmentation
+
+    augment = train_augmentation(32)
+    config = RecoveryConfig(iterations=10, batch_size=8, lr=0.01, checkpoint_every=100, teacher_views=2)
+    recover(student, teacher, images, config, augment, normalize, seed=4)
+    resumed = drop_blocks(teacher, ["layer1.1", "layer2.1"])
+    checkpoint = tmp_path / "recovery.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        recover(resumed, teacher, images, config, augment, normalize, seed=4,
+                progress=interrupting_progress("Recovering", 4), checkpoint=checkpoint)
+    result = recover(resumed, teacher, images, config, augment, normalize, seed=4, checkpoint=checkpoint)
+    assert result.resumed_from == 4
+    for key, value in student.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_a_pool_too_large_for_memory_is_refused_in_one_line(pair, images, monkeypatch):
+    import dfpractise.recovery as recovery
+
+    monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 1024**2)
+    teacher, student = pair
+    with pytest.raises(ConfigError, match=r"recovery.teacher_views=50 would keep 0\.\d GiB .*lower it"):
+        recover(student, teacher, images, RecoveryConfig(iterations=2, teacher_views=50), identity, normalize)
+
+
+def test_bf16_recovery_follows_the_fp32_one_within_bf16_rounding(pair, images):
+    """bf16 autocast changes rounding, not the method: the same steps end near the same weights and
+    loss (bf16 keeps 8 bits of mantissa; a tolerance of a few percent of the update)."""
+    teacher, student = pair
+    start = _weights(student)
+    low = drop_blocks(teacher, ["layer1.1", "layer2.1"])
+    config = RecoveryConfig(iterations=6, batch_size=16, lr=0.01)
+    plain = recover(student, teacher, images, config, identity, normalize, seed=1)
+    fast = recover(low, teacher, images, config, identity, normalize, seed=1, precision="bf16")
+    assert (plain.precision, fast.precision) == ("fp32", "bf16")
+    assert fast.final_loss == pytest.approx(plain.final_loss, rel=0.05)
+    update = sum((student.state_dict()[k] - start[k]).float().norm() ** 2 for k in start) ** 0.5
+    apart = sum((student.state_dict()[k] - low.state_dict()[k]).float().norm() ** 2 for k in start) ** 0.5
+    assert 0 < apart < 0.1 * update, "bf16 rounds differently but must follow the fp32 path"
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_is_native(monkeypatch):
+    from dfpractise import precision
+
+    assert precision.resolve("fp32", "cpu") is None
+    assert precision.resolve("bf16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    assert precision.resolve("auto", "cpu") is None
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert precision.resolve("auto", "cpu") is torch.bfloat16

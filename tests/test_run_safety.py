@@ -60,7 +60,7 @@ def test_a_recovery_that_diverges_stops_naming_phase_and_iteration_and_keeps_the
 
     calls = {"n": 0}
 
-    def nan_at_five(adapter, student, teacher, x, target, config):
+    def nan_at_five(adapter, student, x, wanted, target, config):
         calls["n"] += 1
         value = student(x).float().pow(2).mean()
         return value * float("nan") if calls["n"] == 5 else value * 1e-6
