@@ -55,6 +55,11 @@ class Synthesizer(ABC):
     def generate(self, labels: torch.Tensor, image_size: int, seed: int, report: StepReporter) -> BatchResult:
         """Images of classes ``labels`` at ``image_size``, a pure function of (settings, labels, seed)."""
 
+    def setup_steps(self, image_size: int) -> int:
+        """Steps of a one-off preparation the next ``generate`` at ``image_size`` reports before its
+        own (a generator's warm-up, say), so the progress bar counts them too; 0 for most."""
+        return 0
+
 
 S = TypeVar("S", bound=type[Synthesizer])
 SYNTHESIZERS: Registry[type[Synthesizer]] = Registry("synthesizer", "synthesizers", unknown=ConfigError,

@@ -119,7 +119,7 @@ def synthesize(
         log(f"synthetic cache {cache.folder}: {len(starts) - len(todo)} of {len(starts)} batches already made")
     mine = todo[workers.rank::workers.size]
     began = time.perf_counter()
-    total = len(mine) * synthesizer.steps_per_batch
+    total = len(mine) * synthesizer.steps_per_batch + (synthesizer.setup_steps(image_size) if mine else 0)
     steps = 0
     finished = len(starts) - len(todo)
     rounds = -(-len(todo) // workers.size)
