@@ -2,8 +2,9 @@
 
 One interface (``Synthesizer``), one registry, and one driver (``synthesize``) that adds batching,
 per-batch seeds, the PNG cache and resume to any synthesizer. Built in: ``bn-inversion``
-(DeepInversion from the teacher's BatchNorm statistics) and ``diffusion`` (any diffusers
-pipeline). ``dfpractise.sources`` wraps them as the ``synthetic`` and ``diffusion`` sources.
+(DeepInversion from the teacher's BatchNorm statistics), ``generator`` (a meta-learned generator
+fine-tuned a few steps per batch, Fast-Datafree) and ``diffusion`` (any diffusers pipeline).
+``dfpractise.sources`` wraps them as the ``synthetic``, ``generator`` and ``diffusion`` sources.
 
 The package stands alone: it needs torch, kornia and Pillow (diffusers for ``diffusion``), raises
 its own errors (``synthesizers.errors``), reports progress through a plain callback, and imports
@@ -22,6 +23,7 @@ from .base import (
 )
 from .bn_inversion import BNInversion
 from .diffusion import DiffusionSynthesizer
+from .generator import GeneratorSynthesizer
 from .generate import SyntheticSet, synthesize
 from .quality import quality_report
 
@@ -29,6 +31,7 @@ __all__ = [
     "BNInversion",
     "BatchResult",
     "DiffusionSynthesizer",
+    "GeneratorSynthesizer",
     "Synthesizer",
     "SyntheticSet",
     "balanced_labels",
