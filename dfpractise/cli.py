@@ -592,13 +592,15 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
 
 @main.command()
 @click.option("--method", type=click.Choice(sorted(synthesis_sources())), default="bn-inversion",
-              show_default=True, help="BN-statistics inversion of the teacher, or a diffusion pipeline.")
+              show_default=True,
+              help="BN-statistics inversion of the teacher, a generator meta-learned on it, or a diffusion pipeline.")
 @model_options
 @click.option("--num-images", type=int, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the images (PNG + index.json); an unfinished one is resumed.")
 @click.option("--pipeline", help="diffusers pipeline folder or hub id (--method diffusion).")
-@click.option("--steps", type=int, help="Optimisation (bn-inversion) or denoising (diffusion) steps.")
+@click.option("--steps", type=int,
+              help="Optimisation steps per batch (bn-inversion, generator) or denoising steps (diffusion).")
 @click.option("--batch-size", type=int, help="Images made together.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Any other synthesizer setting, e.g. lr=0.1 or guidance_scale=3 (repeatable).")

@@ -18,11 +18,12 @@ from .base import (
 )
 from .ood import OutOfDomainFolderSource
 from .real import RealFolderSource
-from .synthetic import DiffusionSource, SyntheticSource
+from .synthetic import DiffusionSource, GeneratorSource, SyntheticSource
 
 __all__ = [
     "SOURCES",
     "DiffusionSource",
+    "GeneratorSource",
     "ImageSource",
     "OutOfDomainFolderSource",
     "RealFolderSource",

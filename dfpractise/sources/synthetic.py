@@ -1,6 +1,7 @@
-"""Sources that make their images: ``synthetic`` (BN-statistics inversion) and ``diffusion``.
+"""Sources that make their images: ``synthetic`` (BN-statistics inversion), ``generator`` (a
+meta-learned generator, Fast-Datafree) and ``diffusion``.
 
-Both wrap a synthesizer from the ``synthesizers`` package in the one source interface, so scoring
+Each wraps a synthesizer from the ``synthesizers`` package in the one source interface, so scoring
 and recovery never know the images were made rather than found. The images live in a cache
 folder (default: one per settings under ``$DFPRACTISE_CACHE/synthetic``) that a second run with
 the same settings reuses and an interrupted run finishes; the set carries its intended classes as
@@ -101,6 +102,26 @@ class SyntheticSource(SynthesizedSource):
 
         return create_synthesizer(
             "bn-inversion", teacher=context.teacher, mean=context.mean, std=context.std,
+            teacher_id=context.teacher_id, device=context.device, **self.options,
+        )
+
+
+@register_source("generator")
+class GeneratorSource(SynthesizedSource):
+    """Data-free images from a generator meta-learned on the teacher (Fast-Datafree): the same
+    losses as ``synthetic``, a few steps per batch instead of hundreds.
+
+    ``options`` are ``synthesizers.GeneratorSynthesizer`` settings (steps, meta_steps, lr,
+    batch_size, loss weights...).
+    """
+
+    method = "generator"
+
+    def build(self, context: SourceContext):
+        from synthesizers import create_synthesizer
+
+        return create_synthesizer(
+            "generator", teacher=context.teacher, mean=context.mean, std=context.std,
             teacher_id=context.teacher_id, device=context.device, **self.options,
         )
 
