@@ -8,8 +8,9 @@ iterations). Two parts, both in this one process, one after the other:
   is scored on a held-out slice of cifar10-jpeg/train that is disjoint from the tiny set (that is
   what the defaults are chosen on) and on cifar10-jpeg/val (reported, not chosen on).
 - ``runs``: the whole command twice from an empty cache, so that latency is really timed: once
-  with the plain settings (fp32, teacher every step) and once with the fast ones
-  (``--fast-precision``, ``--fast-views``), phase by phase.
+  with the plain settings (fp32, teacher every step, blocks timed as pruned variants) and once
+  with the fast ones (``--fast-precision``, ``--fast-views``, blocks timed by hooks), phase by
+  phase.
 
     python -m benchmarks.speed
     python -m benchmarks.write_benchmarks
@@ -52,8 +53,9 @@ def main() -> None:
     plain_dir = args.out / "plain"
     for part in args.parts:
         if part == "runs":
-            for name, precision, views in (("plain", "fp32", 0), ("fast", args.fast_precision, args.fast_views)):
-                results["runs"][name] = whole_run(args.out / name, precision, views)
+            for name, precision, views, profile in (("plain", "fp32", 0, "variants"),
+                                                    ("fast", args.fast_precision, args.fast_views, "hooks")):
+                results["runs"][name] = whole_run(args.out / name, precision, views, profile)
                 engine_grid.save_results(results, args.results)
         else:
             results["choose"].update(choose(plain_dir, args.out, args.variants))
@@ -65,7 +67,7 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def whole_run(out: Path, precision: str, views: int) -> dict:
+def whole_run(out: Path, precision: str, views: int, profile: str) -> dict:
     """``dfpractise run`` from an empty cache with these speed settings; its report's phases."""
     cache = out.with_name(out.name + "-cache")
     shutil.rmtree(out, ignore_errors=True)
@@ -73,7 +75,8 @@ def whole_run(out: Path, precision: str, views: int) -> dict:
     env = {**os.environ, "DFPRACTISE_CACHE": str(cache)}
     env.setdefault("DFPRACTISE_ASSETS", str(ROOT.parent / "shared" / "assets"))
     command = [sys.executable, "-m", "dfpractise", "run", "--recipe", str(RECIPE.relative_to(ROOT)),
-               "--precision", precision, "--teacher-views", str(views), "--out", str(out)]
+               "--precision", precision, "--teacher-views", str(views), "--set", f"latency.profile={profile}",
+               "--out", str(out)]
     load_before = load_average()
     started = time.perf_counter()
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -82,7 +85,7 @@ def whole_run(out: Path, precision: str, views: int) -> dict:
         sys.exit(f"{' '.join(command)} failed ({finished.returncode}):\n{finished.stderr[-2000:]}")
     report = json.loads((out / "report.json").read_text())
     row = {**engine_grid.summarise(report, wall), "precision": report["recovery"].get("precision"),
-           "teacher_views": views, "load_before": load_before, "load_after": load_average(),
+           "teacher_views": views, "latency_profile": profile, "load_before": load_before, "load_after": load_average(),
            "command": " ".join(["dfpractise", *command[3:]]), "commit": engine_grid.commit()}
     print(f"{out.name}: {wall:.0f} s, top-1 {row['pruned_top1']:.2f}, phases {row['phases']}", flush=True)
     return row

@@ -449,8 +449,10 @@ def blocks(model_option_pairs, quiet, as_json, **settings) -> None:
     pool = config.latency.pool_identical
     profile = cached_profile(
         network, candidates, timing, pool,
-        lambda: profile_blocks(network, candidates, timing, pool_identical=pool, progress=progress),
-        table=config.latency.table, remeasure=config.latency.remeasure, log=progress.log,
+        lambda: profile_blocks(network, candidates, timing, pool_identical=pool, progress=progress,
+                               method=config.latency.profile),
+        table=config.latency.table, remeasure=config.latency.remeasure, profile=config.latency.profile,
+        log=progress.log,
     )
     rows = [
         {"name": b.name, "stage": b.stage, "unit": "block" if unit.part is None else "branch", "of": unit.module,

@@ -56,6 +56,7 @@ RecoveryName = registered("recovery", "RECOVERY_METHODS")
 SelectionName = registered("selection", "SELECTION_METHODS")
 BackendName = registered("backends", "BACKENDS")
 Precision = Literal["auto", "fp32", "bf16"]  # read by dfpractise.precision
+LatencyProfile = Literal["auto", "hooks", "variants"]  # dfpractise.latency.PROFILES
 
 
 def _open_unit_interval(value: float | None) -> float | None:
@@ -169,6 +170,9 @@ class LatencyConfig(Settings):
     threads: int | None = Field(None, ge=1, description="CPU threads for latency measurements (default: torch's).")
     backend: BackendName = Field("torch", description="Runtime latency is measured on, so the target holds there: "
                                  "torch (eager PyTorch) or onnxruntime (the model exported to ONNX, on CPU).")
+    profile: LatencyProfile = Field("auto", description="How blocks are timed: hooks (each block's share of the "
+                                    "teacher's own forwards; eager PyTorch only), variants (each pruned copy against the "
+                                    "teacher; any backend) or auto (hooks where they work).")
     pool_identical: bool = Field(True, description="Blocks with identical shapes and layers share one ΔLat.")
     table: str | None = Field(None, description="Latency table file (JSON) to read the blocks' ΔLat from, e.g. "
                               "measured on the deployment machine; written there when it does not exist. "

@@ -309,8 +309,10 @@ def measure_blocks(config: RunConfig, setup: Setup, progress: Progress) -> Block
     pool = config.latency.pool_identical
     return cached_profile(
         setup.teacher, setup.blocks, setup.timing, pool,
-        lambda: profile_blocks(setup.teacher, setup.blocks, setup.timing, pool_identical=pool, progress=progress),
-        table=config.latency.table, remeasure=config.latency.remeasure, log=progress.log,
+        lambda: profile_blocks(setup.teacher, setup.blocks, setup.timing, pool_identical=pool, progress=progress,
+                               method=config.latency.profile),
+        table=config.latency.table, remeasure=config.latency.remeasure, profile=config.latency.profile,
+        log=progress.log,
     )
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .backends import Backend, create_backend, torch_threads  # noqa: F401 - torch_threads for callers
+from .errors import ConfigError
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -173,19 +174,39 @@ class BlockLatencyProfile:
     blocks: list[BlockLatency]
     all_dropped_cut_percent: float  # the measured cut with every candidate dropped
     backend: str = "torch"  # the runtime the blocks were timed on (dfpractise.backends)
+    profile: str = "variants"  # how: shares inside the teacher's forward (hooks) or pruned copies (variants)
 
     def by_name(self) -> dict[str, BlockLatency]:
         return {b.name: b for b in self.blocks}
 
     def to_json(self) -> dict[str, Any]:
         return {"teacher_ms": self.teacher_ms, "all_dropped_cut_percent": self.all_dropped_cut_percent,
-                "backend": self.backend, "blocks": [{**asdict(b), "spread": list(b.spread)} for b in self.blocks]}
+                "backend": self.backend, "profile": self.profile, "blocks": [{**asdict(b), "spread": list(b.spread)} for b in self.blocks]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "BlockLatencyProfile":
         blocks = [BlockLatency(**{**b, "spread": tuple(b["spread"])}) for b in data["blocks"]]
         return cls(float(data["teacher_ms"]), blocks, float(data["all_dropped_cut_percent"]),
-                   str(data.get("backend", "torch")))
+                   str(data.get("backend", "torch")), str(data.get("profile", "variants")))
+
+
+PROFILES: tuple[str, ...] = ("auto", "hooks", "variants")
+"""How ``profile_blocks`` times the candidates (``latency.profile``); ``auto``: hooks where they work."""
+
+
+def resolve_profile(method: str, timing: Timing) -> str:
+    """The profile ``method`` means for ``timing``: ``auto`` is hooks on eager PyTorch, else variants."""
+    if method not in PROFILES:
+        raise ConfigError(f"latency.profile must be one of {', '.join(PROFILES)}, got {method!r}")
+    if method == "auto":
+        return "hooks" if timing.backend == "torch" else "variants"
+    if method == "hooks" and timing.backend != "torch":
+        raise ConfigError(f"latency.profile 'hooks' times blocks inside an eager PyTorch forward; with the "
+                          f"{timing.backend} backend use profile 'variants' (or 'auto')")
+    return method
+
+HOOKED_ROUNDS = 3
+"""Teacher forwards per timing round of the ``hooks`` profile (they are cheap: one model, no copies)."""
 
 
 def profile_blocks(
@@ -195,25 +216,39 @@ def profile_blocks(
     *,
     pool_identical: bool = True,
     progress: Progress | None = None,
+    method: str = "auto",
 ) -> BlockLatencyProfile:
     """Measure ΔLat(b) for every candidate block against the teacher.
 
-    Each candidate is the real pruned network (the teacher without b, built and discarded one at
-    a time so memory stays flat), timed in rounds bracketed by teacher forwards. Blocks with
+    ``hooks`` (``auto`` on eager PyTorch): every candidate is timed inside the teacher's own
+    forwards, from a hook before it runs to a hook after, and ΔLat(b) is its share of that
+    forward. All blocks are timed in the same forwards, so machine noise moves them together, the
+    shares add up by construction, and it costs ``HOOKED_ROUNDS x repeats`` teacher forwards.
+    ``variants``: each candidate is the real pruned network (built and discarded one at a time so
+    memory stays flat), timed in rounds bracketed by teacher forwards; it sees what a share cannot
+    (a runtime fusing across blocks), and is the only way on other backends.
+
+    Either way the cut of dropping every candidate is measured on the pruned network. Blocks with
     identical structure in the same stage do identical work, so with ``pool_identical`` their
-    paired ratios are pooled and share one median: this removes most of the noise that would
+    per-round ratios are pooled and share one median: this removes most of the noise that would
     otherwise reorder them. A saving that is near zero or negative is clamped to a small positive
     floor so that it cannot blow up or flip a score; the record says so.
     """
     from .models.blocks import drop_blocks
 
+    method = resolve_profile(method, timing)
     progress = progress or Progress()
     backend = create_backend(timing.backend)  # one for all variants: the teacher is prepared once
     ratios: dict[str, list[float]] = {}
     teacher_times: list[float] = []
     whole = [b.name for b in blocks if getattr(b, "part", None) is None]  # a block's branches go with it
-    variants = [(b.name, [b.name]) for b in blocks] + [("<all>", whole)]
-    with progress.task("Timing blocks", total=len(variants)) as task:
+    variants = [("<all>", whole)] if method == "hooks" else [(b.name, [b.name]) for b in blocks] + [("<all>", whole)]
+    with progress.task("Timing blocks", total=len(variants) + (1 if method == "hooks" else 0)) as task:
+        if method == "hooks":
+            shares, forwards = hooked_shares(model, [b.name for b in blocks], timing, backend)
+            ratios.update(shares)
+            teacher_times.extend(forwards)
+            task.advance(1, block="teacher")
         for name, dropped in variants:
             comparison = compare_latency({"teacher": model, name: drop_blocks(model, dropped)}, timing,
                                          backend=backend)
@@ -249,7 +284,54 @@ def profile_blocks(
     ]
     all_dropped = 100.0 * statistics.median(ratios["<all>"])
     return BlockLatencyProfile(1000.0 * statistics.median(teacher_times), records, all_dropped_cut_percent=all_dropped,
-                               backend=timing.backend)
+                               backend=timing.backend, profile=method)
+
+
+def hooked_shares(model: nn.Module, names: list[str], timing: Timing,
+                  backend: "Backend | None" = None) -> tuple[dict[str, list[float]], list[float]]:
+    """Each named module's share of the model's forward, per forward, timed by hooks inside it;
+    and the forwards' times (seconds).
+
+    A module called several times in one forward counts all its calls. On a GPU the clock reads
+    after a synchronisation, so a share is the module's kernels, not their launch.
+    """
+    backend = backend or create_backend(timing.backend)
+    device = torch.device(timing.device)
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return timing.clock()
+
+    x = backend.batch(timing)
+    forward = backend.forward(model, x, timing)
+    spent: dict[str, float] = dict.fromkeys(names, 0.0)
+    started: dict[str, float] = {}
+    handles = []
+    for name in names:
+        module = model.get_submodule(name)
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: started.__setitem__(n, clock())))
+        handles.append(module.register_forward_hook(
+            lambda m, a, o, n=name: spent.__setitem__(n, spent[n] + clock() - started[n])))
+    shares: dict[str, list[float]] = {n: [] for n in names}
+    forwards: list[float] = []
+    try:
+        with backend.running(timing):
+            for _ in range(timing.warmup):
+                forward(x)
+            for _ in range(HOOKED_ROUNDS * timing.repeats):
+                spent.update(dict.fromkeys(names, 0.0))
+                start = clock()
+                forward(x)
+                total = clock() - start
+                forwards.append(total)
+                for n in names:
+                    shares[n].append(spent[n] / total if total > 0 else 0.0)
+    finally:
+        for handle in handles:
+            handle.remove()
+        forward.close()
+    return shares, forwards
 
 
 def _signature(model: nn.Module, block) -> tuple:

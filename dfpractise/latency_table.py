@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError
-from .latency import BlockLatencyProfile, Timing
+from .latency import BlockLatencyProfile, Timing, resolve_profile
 from .report import read_json, write_json
 
 FORMAT = "dfpractise-latency-table/1"
@@ -56,9 +56,11 @@ class LatencyTable:
             raise DataError(f"{path} is a damaged latency table; delete it or pass --remeasure-latency") from None
 
 
-def table_key(model: nn.Module, blocks: list, timing: Timing, pool_identical: bool) -> dict[str, Any]:
+def table_key(model: nn.Module, blocks: list, timing: Timing, pool_identical: bool,
+              profile: str = "auto") -> dict[str, Any]:
     """Everything the measured ΔLat of ``blocks`` depends on."""
     return {
+        "profile": resolve_profile(profile, timing),
         "architecture": architecture_fingerprint(model),
         "candidates": [b.name for b in blocks],
         "batch_size": timing.batch_size,
@@ -94,11 +96,13 @@ def cached_profile(
     *,
     table: str | Path | None = None,
     remeasure: bool = False,
+    profile: str = "auto",
     log: Callable[[str], None] = lambda message: None,
 ) -> BlockLatencyProfile:
     """The blocks' latency profile: from the user's ``table``, else the machine's cache, else measured
-    (and then kept in whichever of the two applies). ``remeasure`` measures anew and replaces it."""
-    key = table_key(model, blocks, timing, pool_identical)
+    (and then kept in whichever of the two applies). ``remeasure`` measures anew and replaces it.
+    ``profile``: how ``measure`` times the blocks (``latency.profile_blocks``), part of the key."""
+    key = table_key(model, blocks, timing, pool_identical, profile)
     path = Path(table) if table is not None else cache_path(key)
     if path.exists() and not remeasure:
         saved = LatencyTable.from_json(read_json(path), path)

@@ -20,6 +20,9 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
+    def __deepcopy__(self, memo):  # a pruned copy of a model runs on the same clock
+        return self
+
 
 class Costly(nn.Module):
     """A model whose forward takes ``seconds`` on the fake clock, the ``i``-th call ``slow[i]`` more."""
@@ -129,11 +132,68 @@ def test_negative_saving_is_clamped_and_flagged(monkeypatch):
 
     monkeypatch.setattr(latency, "compare_latency", fake_compare)
     timing = Timing(batch_size=8, resolution=32)
-    raw = profile_blocks(model, blocks, timing, pool_identical=False).by_name()
+    raw = profile_blocks(model, blocks, timing, pool_identical=False, method="variants").by_name()
     assert raw["layer1.1"].delta_lat == pytest.approx(10.0)
     assert raw["layer1.2"].clamped and raw["layer1.2"].delta_lat == pytest.approx(0.5)  # 10% of median 5%
     assert not raw["layer2.1"].clamped
-    pooled = profile_blocks(model, blocks, timing).by_name()
+    pooled = profile_blocks(model, blocks, timing, method="variants").by_name()
     assert pooled["layer1.1"].delta_lat == pooled["layer1.2"].delta_lat == pytest.approx(2.5)
     assert pooled["layer1.1"].delta_lat_raw == pytest.approx(10.0)
-    assert profile_blocks(model, blocks, timing).all_dropped_cut_percent == pytest.approx(40.0)
+    assert profile_blocks(model, blocks, timing, method="variants").all_dropped_cut_percent == pytest.approx(40.0)
+
+
+class Residual(nn.Module):
+    """x + f(x) whose f takes ``seconds`` on the fake clock."""
+
+    def __init__(self, clock, seconds):
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        self.clock.now += self.seconds
+        return x + self.conv(x)
+
+
+class Timed(nn.Sequential):
+    """Stem (1 ms), residual blocks of 2, 3 and 2 ms (the last like the first), head (3 ms)."""
+
+    def __init__(self, clock):
+        super().__init__(Costly(clock, 0.001), Residual(clock, 0.002), Residual(clock, 0.003),
+                         Residual(clock, 0.002), Costly(clock, 0.003))
+
+
+def test_hooked_shares_are_each_blocks_part_of_the_teachers_own_forward():
+    from dfpractise.latency import HOOKED_ROUNDS, hooked_shares
+
+    clock = FakeClock()
+    shares, forwards = hooked_shares(Timed(clock), ["1", "2", "3"], _timing(clock, repeats=2))
+    assert forwards == pytest.approx([0.011] * (HOOKED_ROUNDS * 2))
+    assert shares["1"] == pytest.approx([2 / 11] * len(forwards))
+    assert shares["2"] == pytest.approx([3 / 11] * len(forwards))
+
+
+def test_the_hooks_profile_gives_shares_that_add_up_and_measures_the_all_dropped_cut():
+    from dfpractise.models.adapter import adapter_for
+
+    clock = FakeClock()
+    model = Timed(clock).eval()
+    blocks = adapter_for(model, example_size=4).blocks
+    assert [b.name for b in blocks] == ["1", "2", "3"]
+    profile = profile_blocks(model, blocks, _timing(clock, repeats=3), pool_identical=False, method="hooks")
+    by_name = profile.by_name()
+    assert profile.profile == "hooks"
+    assert [by_name[n].delta_lat for n in "123"] == pytest.approx([100 * 2 / 11, 100 * 3 / 11, 100 * 2 / 11])
+    assert profile.all_dropped_cut_percent == pytest.approx(100 * 7 / 11), "measured on the pruned network"
+    assert sum(b.delta_lat for b in profile.blocks) == pytest.approx(profile.all_dropped_cut_percent)
+    assert profile.teacher_ms == pytest.approx(11.0)
+
+
+def test_auto_profile_is_hooks_on_eager_torch_and_variants_elsewhere():
+    from dfpractise.errors import ConfigError
+    from dfpractise.latency import resolve_profile
+
+    assert resolve_profile("auto", Timing()) == "hooks"
+    assert resolve_profile("auto", Timing(backend="onnxruntime")) == "variants"
+    with pytest.raises(ConfigError, match="hooks.*eager PyTorch.*onnxruntime"):
+        resolve_profile("hooks", Timing(backend="onnxruntime"))
