@@ -205,3 +205,26 @@ def test_the_distributed_section_shows_measured_runs_and_leaves_quick_checks_out
     text = "\n".join(distributed_report.section({"synthesis": record}))
     assert "| 100.0 | 80.0 | 1.25 | 110 / 95 | same PNG bytes |" in text
     assert "correctness, not speed" in text
+
+
+def test_the_speed_section_shows_phase_ratios_and_the_settings_choice():
+    from benchmarks import speed_report
+
+    def run(phases, top1, command):
+        return {"machine": "test box", "date": "2026-12-01", "commit": "abc1234", "load_before": 1.0,
+                "command": command, "phases": phases, "pruned_top1": top1, "drop_top1": 89.36 - top1,
+                "reduction": 0.35, "reduction_spread": [0.33, 0.37], "dropped": ["a", "b"]}
+
+    record = {"runs": {"plain": run({"latency": 80.0, "recovery": 400.0, "total": 600.0}, 88.58, "dfpractise run A"),
+                       "fast": run({"latency": 5.0, "recovery": 200.0, "total": 300.0}, 88.90, "dfpractise run B")},
+              "choose": {"dropped": ["a", "b"], "holdout_images": 2000, "commit": "abc1234", "date": "2026-12-01",
+                         "variants": {"fp32:0": {"precision": "fp32", "teacher_views": 0, "seconds": 400.0,
+                                                 "top1": {"holdout": 90.1, "val": 88.58}},
+                                      "bf16:32": {"precision": "bf16", "teacher_views": 32, "seconds": 160.0,
+                                                  "top1": {"holdout": 90.0, "val": 88.7}}}}}
+    text = "\n".join(speed_report.section(record))
+    assert "| latency | 80.0 | 5.0 | 16.00x |" in text
+    assert "| total | 600.0 | 300.0 | 2.00x |" in text
+    assert "| fast | 88.90 | 0.46 | 35.0% [33.0, 37.0] | 2 |" in text
+    assert "| bf16 | 32 | 160 | 2.50x | 90.00 | 88.70 |" in text
+    assert speed_report.section({"runs": {"plain": record["runs"]["plain"]}}) == []

@@ -1,0 +1,107 @@
+"""Data-free runs on every teacher in the assets, beside 500 real images (issue: data-free on any teacher).
+
+Four teachers (the JPEG-adapted ResNet-20/56 and the original akamaster ResNet-20/56, trained on
+lossless CIFAR-10 and so seeing a shifted domain here), a 30% latency target, one run per
+(teacher, tiny set), all with the same default settings (no per-teacher tuning):
+
+    real500     500 real CIFAR-10 training images (recipes/resnet56-real500.yaml)
+    synthetic   512 BN-inversion images (recipes/resnet56-synthetic512.yaml: 200 steps, batch 256)
+    generator   512 images of the meta-learned generator (its defaults)
+
+Every synthetic set is made in a fresh cache folder, so its time is a real synthesis; the quality
+numbers (teacher agreement with the intended classes, BN-statistics distance per batch of 256)
+come from the run's own report; for real images the same numbers are computed here on the
+drawn set. Accuracy is on cifar10-jpeg/val (5,000 images).
+
+    python -m benchmarks.data_free
+    python -m benchmarks.data_free --teachers cifar10jpeg-resnet56 --sets synthetic generator
+    python -m benchmarks.write_benchmarks
+
+Results are saved after each run; an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from benchmarks import engine_grid
+from dfpractise.engine import compress
+from dfpractise.progress import Progress
+from dfpractise.recipe import resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHERS = {
+    "cifar10jpeg-resnet56": "cifar10_resnet56",
+    "cifar10jpeg-resnet20": "cifar10_resnet20",
+    "akamaster-cifar10-resnet56": "cifar10_resnet56",
+    "akamaster-cifar10-resnet20": "cifar10_resnet20",
+}
+SETS = {
+    "real500": ("resnet56-real500.yaml", {}),
+    "synthetic": ("resnet56-synthetic512.yaml", {}),
+    "generator": ("resnet56-synthetic512.yaml", {"source": "generator", "synthesis": {}}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teachers", nargs="+", choices=list(TEACHERS), default=list(TEACHERS))
+    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--label", default="", help="suffix of the result keys (e.g. 'before' for an older commit)")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "data_free.json")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-data-free")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+
+    engine_grid.CODE_VERSION = engine_grid.commit()
+    results = engine_grid.load_results(args.results)
+    for teacher in args.teachers:
+        for name in args.sets:
+            key = f"{teacher}-{name}-s{args.seed}" + (f"-{args.label}" if args.label else "")
+            if key in results["runs"]:
+                print(f"skip {key} (done)", flush=True)
+                continue
+            recipe, data = SETS[name]
+            out = args.runs_dir / key
+            cache = args.runs_dir / f"{key}-images"
+            shutil.rmtree(cache, ignore_errors=True)
+            overrides = {"model": TEACHERS[teacher], "weights": teacher, "seed": args.seed,
+                         "data": {**data, **({"cache_dir": str(cache)} if name != "real500" else {})}}
+            config = resolve_config(ROOT / "recipes" / recipe, overrides)
+            print(f"run {key}", flush=True)
+            start = time.perf_counter()
+            result = compress(config, out, progress=Progress(quiet=args.quiet), overwrite=True)
+            report = result.report
+            tiny = report.get("tiny_set") or real_quality(config)
+            results["runs"][key] = {
+                "teacher": teacher, "set": name, "seed": args.seed, "recipe": recipe, "num_images": report["num_images"],
+                "tiny_set": tiny, "precision": report["recovery"].get("precision"),
+                **engine_grid.summarise(report, time.perf_counter() - start),
+            }
+            engine_grid.save_results(results, args.results)
+            row = results["runs"][key]
+            print(f"  top-1 {row['teacher_top1']:.2f} -> {row['pruned_top1']:.2f} (drop {row['drop_top1']:.2f}), "
+                  f"cut {100 * row['reduction']:.1f}%, synthesis {tiny.get('synthesis_seconds')} s, "
+                  f"agreement {tiny.get('agreement')}, {row['wall_seconds']:.0f} s", flush=True)
+
+
+def real_quality(config) -> dict:
+    """Agreement and BN distance of the real tiny set, measured as the synthetic sets' are."""
+    from dfpractise.engine import load_teacher
+    from dfpractise.sources import RealFolderSource
+    from synthesizers import quality_report
+
+    teacher, _, _ = load_teacher(config.model, config.weights)
+    spec = teacher.model_spec
+    tiny = RealFolderSource(config.data.path).load(config.data.num_images, spec.input_size, config.seed)
+    report = quality_report(teacher, tiny.images, tiny.labels, spec.mean, spec.std)
+    return {"method": "real", "agreement": report.get("agreement"), "bn_distance": report.get("bn_distance"),
+            "synthesis_seconds": 0.0}
+
+
+if __name__ == "__main__":
+    main()
