@@ -5,6 +5,8 @@ per-batch seeds, the PNG cache and resume to any synthesizer. Built in: ``bn-inv
 (DeepInversion from the teacher's BatchNorm statistics), ``generator`` (a meta-learned generator
 fine-tuned a few steps per batch, Fast-Datafree) and ``diffusion`` (any diffusers pipeline).
 ``dfpractise.sources`` wraps them as the ``synthetic``, ``generator`` and ``diffusion`` sources.
+``synthesizers.auto`` chooses a few of a synthesizer's settings per teacher on a short probe, from
+synthesis-side signals only (agreement, BN-statistics distance, feature diversity).
 
 The package stands alone: it needs torch, kornia and Pillow (diffusers for ``diffusion``), raises
 its own errors (``synthesizers.errors``), reports progress through a plain callback, and imports
