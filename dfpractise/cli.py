@@ -246,6 +246,7 @@ def main() -> None:
               help="Synthesizer setting for synthetic/diffusion sources, e.g. steps=200 (repeatable).")
 @setting_option("--cache-dir", path="data.cache_dir")
 @setting_option("--rebuild-cache", path="data.rebuild_cache")
+@setting_option("--auto-synthesis", path="data.auto_synthesis")
 @setting_option("--save-samples", path="data.save_samples")
 @setting_option("--eval-data", path="data.eval_path")
 @setting_option("--latency-reduction", path="latency_reduction")
@@ -609,11 +610,14 @@ def evaluate(run_dir, data_path, batch_size, device, quiet, as_json) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--rebuild-cache", "rebuild", is_flag=True, help="Replace images in --out made with other settings.")
+@click.option("--auto-synthesis", "auto", is_flag=True,
+              help="Choose a few settings for this teacher on a short probe first (bn-inversion, generator); "
+                   "settings given win. The choice and the probe table go into the quality report.")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the quality report as JSON.")
 @handle_errors
 def synthesize(method, model, weights, model_option_pairs, input_size, mean, std, num_images, out_dir, pipeline,
-               steps, batch_size, options, seed, device, rebuild, quiet, as_json) -> None:
+               steps, batch_size, options, seed, device, rebuild, auto, quiet, as_json) -> None:
     """Make a synthetic tiny set for a teacher, with a quality report and a sample grid.
 
     Under torchrun (torchrun --nproc_per_node N -m dfpractise synthesize ...) the ranks share the
@@ -630,7 +634,8 @@ def synthesize(method, model, weights, model_option_pairs, input_size, mean, std
     with distributed.launched(device):
         result = synthesize_for_model(
             method, model, weights, num_images, out_dir, seed=seed, pipeline=pipeline, options=settings,
-            device=device, rebuild=rebuild, progress=_progress(quiet or as_json), model_settings=described,
+            device=device, rebuild=rebuild, auto=auto, progress=_progress(quiet or as_json),
+            model_settings=described,
         )
     if not distributed.is_main():
         return

@@ -154,6 +154,10 @@ class DataConfig(Settings):
                                   "under $DFPRACTISE_CACHE/synthetic).")
     rebuild_cache: bool = Field(False, description="Replace a synthetic cache made with other settings instead "
                                 "of refusing it.")
+    auto_synthesis: bool = Field(False, description="Choose a few synthetic/generator settings per teacher "
+                                 "first: each declared candidate tried on a 64-image probe, scored by teacher "
+                                 "agreement, BN-statistics distance and feature diversity (never by accuracy); "
+                                 "data.synthesis settings still win.")
     save_samples: bool = Field(False, description="Keep a grid of the tiny set's images (samples.png) in the run "
                                "folder; synthesised sets always keep theirs, real and out-of-domain ones only "
                                "their file names and hashes unless asked.")

@@ -57,7 +57,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return _load(Path(path), chain=())
 
 
-SOURCE_SETTINGS = ("path", "class_balanced", "synthesis", "cache_dir", "rebuild_cache")
+SOURCE_SETTINGS = ("path", "class_balanced", "synthesis", "cache_dir", "rebuild_cache", "auto_synthesis")
 """``data`` settings that belong to one source, reset when an override switches source."""
 
 

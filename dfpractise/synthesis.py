@@ -47,13 +47,15 @@ def synthesize_for_model(
     options: dict[str, Any] | None = None,
     device: str = "cpu",
     rebuild: bool = False,
+    auto: bool = False,
     progress: Progress | None = None,
     model_settings: dict[str, Any] | None = None,
 ) -> SynthesisResult:
     """Synthesise ``num_images`` for ``model`` into ``out_dir`` (resumable), with a quality report.
 
     ``model_settings``: the run settings that describe the model beyond its name and weights
-    (``model_options``, ``input_size``, ``mean``, ``std``).
+    (``model_options``, ``input_size``, ``mean``, ``std``). ``auto``: choose the synthesizer's
+    automatic settings on a probe first (``synthesizers.auto``; ``options`` win).
     """
     from .config import RunConfig
     from .engine import load_teacher
@@ -69,7 +71,7 @@ def synthesize_for_model(
         raise ConfigError(f"--pipeline is only used by --method {users}, not {method}")
     described = RunConfig.from_dict({"model": model, "weights": weights, **(model_settings or {})})
     teacher, _, sha = load_teacher(model, weights, described)
-    settings = {"cache_dir": out_dir, "rebuild_cache": rebuild, **(options or {})}
+    settings = {"cache_dir": out_dir, "rebuild_cache": rebuild, "auto_synthesis": auto, **(options or {})}
     source = kind(pipeline, **settings) if kind.takes_pipeline else kind(**settings)
     context = SourceContext.for_teacher(teacher.to(device), teacher_id=sha, device=device, progress=progress)
     tiny = source.load(num_images, context.input_size, seed, context)

@@ -175,8 +175,11 @@ def source_from_config(data: Any) -> ImageSource:
         raise ConfigError(f"the '{data.source}' source reads no folder; leave out --data / data.path")
     if data.synthesis and not takes_options:
         raise ConfigError(f"the '{data.source}' source takes no synthesis options ({', '.join(data.synthesis)})")
+    if data.auto_synthesis and "auto_synthesis" not in parameters:
+        raise ConfigError(f"the '{data.source}' source makes no images: data.auto_synthesis is for the synthetic "
+                          "and generator sources")
     wanted = {"root": data.path, "class_balanced": data.class_balanced, "cache_dir": data.cache_dir,
-              "rebuild_cache": data.rebuild_cache}
+              "rebuild_cache": data.rebuild_cache, "auto_synthesis": data.auto_synthesis}
     kwargs = {k: v for k, v in wanted.items() if k in parameters and (v is not None or k == "root")}
     if data.path is None:
         kwargs.pop("root", None)
