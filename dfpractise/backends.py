@@ -22,6 +22,7 @@ import torch
 from synthesizers.registry import Registry
 from torch import nn
 
+from .allocator import steady_allocator
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -68,6 +69,10 @@ class Backend(ABC):
     def batch(self, timing: "Timing") -> Any:
         """One random input batch of ``timing``'s shape, in the form ``Forward`` takes."""
 
+    def memory_format(self, timing: "Timing") -> str:
+        """The input's memory layout a measurement holds for (a cut in one need not hold in another)."""
+        return "contiguous"
+
     @abstractmethod
     def forward(self, model: nn.Module, batch: Any, timing: "Timing") -> Forward:
         """``model`` made ready to run ``batch`` with ``timing``'s threads (outside ``running``)."""
@@ -103,8 +108,12 @@ class TorchBackend(Backend):
 
     @contextmanager
     def running(self, timing: "Timing") -> Iterator[int]:
+        steady_allocator()  # else the process's history changes what a forward costs (see allocator)
         with super().running(timing) as threads, torch.inference_mode():
             yield threads
+
+    def memory_format(self, timing: "Timing") -> str:
+        return "channels_last" if self._channels_last(timing) else "contiguous"
 
     def batch(self, timing: "Timing") -> torch.Tensor:
         x = torch.randn(timing.batch_size, 3, timing.resolution, timing.resolution, device=torch.device(timing.device))

@@ -509,12 +509,13 @@ def latency(run_dir, repeats, threads, device, latency__backend, quiet, as_json)
         "threads": comparison.threads,
         "device": comparison.device,
         "backend": comparison.backend,
+        "memory_format": comparison.memory_format,
     }
     if as_json:
         _emit_json(result)
     else:
         Console().print(
-            f"{result['backend']}: teacher {result['teacher_ms']:.2f} ms, pruned {result['pruned_ms']:.2f} ms at batch "
+            f"{result['backend']} ({result['memory_format']}): teacher {result['teacher_ms']:.2f} ms, pruned {result['pruned_ms']:.2f} ms at batch "
             f"{result['batch_size']}: {100 * median:.1f}% faster (IQR {100 * q25:.1f}-{100 * q75:.1f}%), "
             f"speed-up {result['speedup']:.2f}x"
         )

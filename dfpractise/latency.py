@@ -72,6 +72,7 @@ class LatencyComparison:
     device: str = "cpu"
     paired: dict[str, list[float]] = field(default_factory=dict)
     backend: str = "torch"
+    memory_format: str = "contiguous"  # of the input and weights (the backend's; channels-last on CPU torch)
 
     def median_ms(self, name: str) -> float:
         return 1000.0 * statistics.median(self.times[name])
@@ -150,7 +151,8 @@ def compare_latency(
         for forward in forwards.values():
             forward.close()
     return LatencyComparison(times, timing.batch_size, timing.resolution, used_threads,
-                             str(torch.device(timing.device)), paired, backend=timing.backend)
+                             str(torch.device(timing.device)), paired, backend=timing.backend,
+                             memory_format=backend.memory_format(timing))
 
 
 @dataclass

@@ -300,8 +300,9 @@ def _summary_caption(report: dict[str, Any]) -> str:
     lat = report.get("latency") or {}
     if lat:
         parts.append(
-            f"timed with {lat.get('backend', 'torch')} on {lat.get('device', '?')}, "
-            f"{lat.get('threads', '?')} threads, "
+            f"timed with {lat.get('backend', 'torch')} on {lat.get('device', '?')}"
+            + (f" ({lat['memory_format']})" if lat.get("memory_format") else "")
+            + f", {lat.get('threads', '?')} threads, "
             f"{lat.get('resolution', '?')} px, median of {lat.get('repeats', '?')} rounds"
         )
     return "\n".join(parts)

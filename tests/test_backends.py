@@ -108,3 +108,31 @@ def test_a_run_on_onnxruntime_without_it_stops_before_writing_anything(tmp_path,
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "pip install 'dfpractise[export]'" in lines[0]
     assert not out.exists()
+
+
+def test_timing_fixes_the_c_heap_thresholds_once_so_a_processs_history_does_not_change_a_forwards_cost(monkeypatch):
+    """A fresh process and one that has trained must time a pair alike (see dfpractise.allocator)."""
+    from dfpractise import allocator
+    from dfpractise.latency import Timing, compare_latency
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr(allocator, "_glibc", lambda: FakeLibc())
+    allocator.steady_allocator.cache_clear()
+    try:
+        model = torch.nn.Conv2d(3, 4, 1)
+        compare_latency({"teacher": model, "other": torch.nn.Conv2d(3, 4, 1)}, Timing(batch_size=1, resolution=4,
+                                                                                     repeats=2, warmup=0))
+        compare_latency({"teacher": model}, Timing(batch_size=1, resolution=4, repeats=1, warmup=0))
+        assert calls == [(allocator.M_MMAP_THRESHOLD, allocator.MMAP_THRESHOLD),
+                         (allocator.M_TRIM_THRESHOLD, allocator.TRIM_THRESHOLD)], "set once, before timing"
+        monkeypatch.setattr(allocator, "_glibc", lambda: None)
+        allocator.steady_allocator.cache_clear()
+        assert allocator.steady_allocator() is False, "without glibc there is nothing to set"
+    finally:
+        allocator.steady_allocator.cache_clear()
