@@ -220,8 +220,9 @@ class RecoveryConfig(Settings):
     kd_temperature: float = Field(4.0, gt=0, description="Softmax temperature of kd.")
     checkpoint_every: int = Field(200, ge=0, description="Iterations between recovery checkpoints (0: only on "
                                   "interruption).")
-    teacher_views: int = Field(0, ge=0, description="Augmented copies of the tiny set whose teacher outputs are "
-                               "computed once and drawn from (0: augment and run the teacher every step).")
+    teacher_views: int = Field(32, ge=0, description="Augmented copies of the tiny set whose teacher outputs are "
+                               "computed once and drawn from, as many as fit in memory (0: augment and run the "
+                               "teacher every step).")
 
 
 class BlocksConfig(Settings):
@@ -255,7 +256,7 @@ class RunConfig(Settings):
         "that reaches it, or greedily by score.")
     seed: int = Field(0, description="Seed of the tiny-set draw, augmentations and fits: same seed, same blocks.")
     device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
-    precision: Precision = Field("fp32", description="Arithmetic of the training loops (scoring fits, recovery): "
+    precision: Precision = Field("auto", description="Arithmetic of the training loops (scoring fits, recovery): "
                                  "auto (bf16 autocast where the device does bf16 natively, else fp32), fp32 or bf16.")
     blocks: BlocksConfig = Field(default_factory=BlocksConfig)
     data: DataConfig = Field(default_factory=DataConfig)

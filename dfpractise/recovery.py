@@ -84,7 +84,8 @@ class RecoveryMethod:
 
 
 POOL_BYTES_MAX = 4 * 1024**3
-"""Largest pool of teacher views (inputs and outputs, float32) recovery keeps in memory."""
+"""Largest pool of teacher views (inputs and outputs, float32) recovery keeps in memory; a pool
+of ``teacher_views`` that would not fit keeps fewer views."""
 
 
 RECOVERY_METHODS: Registry[RecoveryMethod] = Registry(
@@ -309,34 +310,44 @@ class _TeacherPool:
 
 def _teacher_pool(adapter: ModelAdapter, teacher: nn.Module, images: torch.Tensor, output: TeacherOutput,
                   config: RecoveryConfig, augment, normalize, dtype: torch.dtype | None, device: torch.device,
-                  channels_last: bool, progress: Progress | None) -> _TeacherPool:
+                  channels_last: bool, progress: Progress | None) -> _TeacherPool | None:
     """Augment the tiny set ``teacher_views`` times and run the teacher once over all of it.
 
     Augmentation draws from torch's generator, seeded by ``recover`` just before: the pool is the
-    same on every rank and when a resumed run builds it again. Refused in one line when it would
-    not fit in ``POOL_BYTES_MAX``.
+    same on every rank and when a resumed run builds it again. Only as many views as fit in
+    ``POOL_BYTES_MAX`` are made (said in the log); None, and the teacher runs every step, when not
+    even one does.
     """
-    views = config.teacher_views
+    progress = progress or Progress()
+    chunks = images.split(max(config.batch_size, 256))
+
+    def view_of(chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = normalize(augment(chunk))
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precisions.autocast(dtype, device):
+            return x, output(adapter, teacher, x, config).float()
+
     inputs, outputs = [], []
-    with torch.no_grad(), (progress or Progress()).task("Teacher views", total=views) as task:
-        for view in range(views):
-            for chunk in images.split(max(config.batch_size, 256)):
-                x = normalize(augment(chunk))
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with precisions.autocast(dtype, device):
-                    y = output(adapter, teacher, x, config)
-                if not inputs:
-                    per_image = (x[0].numel() + y[0].numel()) * 4
-                    needed = per_image * views * len(images)
-                    if needed > POOL_BYTES_MAX:
-                        raise ConfigError(
-                            f"recovery.teacher_views={views} would keep {needed / 1024**3:.1f} GiB of teacher views "
-                            f"for {len(images)} images (at most {POOL_BYTES_MAX / 1024**3:.0f} GiB); lower it, or "
-                            "set it to 0 to run the teacher every step")
-                inputs.append(x)
-                outputs.append(y.float())
-            task.advance(1)
+    views = config.teacher_views
+    with torch.no_grad():
+        x, y = view_of(chunks[0])
+        per_view = (x[0].numel() + y[0].numel()) * 4 * len(images)
+        fits = int(POOL_BYTES_MAX // per_view)
+        if fits < views:
+            progress.log(f"recovery: {views} teacher views of {len(images)} images would need "
+                         f"{views * per_view / 1024**3:.1f} GiB; " + (f"keeping {fits}" if fits else
+                         "running the teacher every step instead") + f" (at most {POOL_BYTES_MAX / 1024**3:.0f} GiB)")
+            views = fits
+        if views == 0:
+            return None
+        with progress.task("Teacher views", total=views) as task:
+            for view in range(views):
+                for index, chunk in enumerate(chunks):
+                    x, y = (x, y) if view == 0 and index == 0 else view_of(chunk)
+                    inputs.append(x)
+                    outputs.append(y)
+                task.advance(1)
     memory_format = torch.channels_last if channels_last and inputs[0].dim() == 4 else torch.contiguous_format
     return _TeacherPool(torch.cat(inputs).contiguous(memory_format=memory_format), torch.cat(outputs))
 

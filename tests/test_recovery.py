@@ -109,7 +109,7 @@ def test_a_pool_of_one_unaugmented_view_trains_exactly_as_the_plain_loop(assets_
     plain loop's draw of an image: the same batches and targets, so the same weights bit for bit."""
     teacher = create_model("cifar10_resnet20", weights="cifar10jpeg-resnet20").eval()
     plain, pooled = (drop_blocks(teacher, ["layer1.1"]) for _ in range(2))
-    config = RecoveryConfig(method=method, iterations=4, batch_size=8, lr=0.01)
+    config = RecoveryConfig(method=method, iterations=4, batch_size=8, lr=0.01, teacher_views=0)
     recover(plain, teacher, images, config, identity, normalize, seed=2)
     recover(pooled, teacher, images, config.replace(teacher_views=1), identity, normalize, seed=2)
     for key, value in plain.state_dict().items():
@@ -131,8 +131,8 @@ def test_a_pool_augments_once_per_view_not_every_step(pair, images):
             counting, normalize, seed=0)
     assert calls["n"] == 3, "three views of a 40-image set, augmented once each, then drawn from"
     calls["n"] = 0
-    recover(drop_blocks(teacher, ["layer1.1"]), teacher, images[:40], RecoveryConfig(iterations=10, batch_size=8),
-            counting, normalize, seed=0)
+    recover(drop_blocks(teacher, ["layer1.1"]), teacher, images[:40],
+            RecoveryConfig(iterations=10, batch_size=8, teacher_views=0), counting, normalize, seed=0)
     assert calls["n"] == 10, "the plain loop augments every step"
 
 
@@ -155,13 +155,34 @@ def test_a_pooled_recovery_interrupted_and_resumed_ends_as_an_uninterrupted_one(
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
-def test_a_pool_too_large_for_memory_is_refused_in_one_line(pair, images, monkeypatch):
+def test_a_pool_too_large_for_memory_keeps_the_views_that_fit_and_says_so(pair, images, monkeypatch):
     import dfpractise.recovery as recovery
+    from dfpractise.progress import Progress
 
-    monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 1024**2)
+    per_view = (3 * 32 * 32 + 64 * 8 * 8) * 4 * len(images)  # input and ResNet-20 features, float32
+    monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 2.5 * per_view)
     teacher, student = pair
-    with pytest.raises(ConfigError, match=r"recovery.teacher_views=50 would keep 0\.\d GiB .*lower it"):
-        recover(student, teacher, images, RecoveryConfig(iterations=2, teacher_views=50), identity, normalize)
+    logged, augmented = [], {"n": 0}
+
+    class Recording(Progress):
+        def log(self, message):
+            logged.append(message)
+
+    def counting(x):
+        augmented["n"] += 1
+        return x
+
+    recover(student, teacher, images, RecoveryConfig(iterations=2, teacher_views=50), counting, normalize,
+            progress=Recording(quiet=True))
+    assert augmented["n"] == 2 * len(images.split(256)), "two views fit, so two are made"
+    assert any("50 teacher views" in m and "keeping 2" in m for m in logged)
+    monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 0.5 * per_view)
+    logged.clear()
+    augmented["n"] = 0
+    recover(drop_blocks(teacher, ["layer1.1"]), teacher, images, RecoveryConfig(iterations=3, teacher_views=50),
+            counting, normalize, progress=Recording(quiet=True))
+    assert any("running the teacher every step" in m for m in logged)
+    assert augmented["n"] == 1 + 3, "one probe view, then the plain loop augments every step"
 
 
 def test_bf16_recovery_follows_the_fp32_one_within_bf16_rounding(pair, images):
