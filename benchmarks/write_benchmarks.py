@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks import (any_model_report, deployment_report, gpu_report, robustness_report, side_by_side_report,
                         sweep_report)
-from benchmarks import distributed_report, speed_report
+from benchmarks import data_free_report, distributed_report, speed_report
 from synthesizers.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +32,7 @@ DISTRIBUTED_RESULTS = ROOT / "benchmarks" / "results" / "distributed.json"
 SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
 SWEEP_RESULTS = ROOT / "benchmarks" / "results" / "sweep.json"
 SPEED_RESULTS = ROOT / "benchmarks" / "results" / "speed.json"
+DATA_FREE_RESULTS = ROOT / "benchmarks" / "results" / "data_free.json"
 SOURCE_NAMES = {
     "synthetic": "data-free: 512 BN-inversion images",
     "ood": "out-of-domain: 1000 ImageNet sample images",
@@ -224,6 +225,7 @@ def main() -> None:
     sweeps = json.loads(SWEEP_RESULTS.read_text()) if SWEEP_RESULTS.exists() else {}
     distributed = json.loads(DISTRIBUTED_RESULTS.read_text()) if DISTRIBUTED_RESULTS.exists() else {}
     speed = json.loads(SPEED_RESULTS.read_text()) if SPEED_RESULTS.exists() else {}
+    data_free = json.loads(DATA_FREE_RESULTS.read_text()) if DATA_FREE_RESULTS.exists() else {}
     plotted = side_by_side_report.plot(side_by_side, SIDE_BY_SIDE_PLOT)
     plot_name = str(SIDE_BY_SIDE_PLOT.relative_to(ROOT)) if plotted else None
     notes_path = ROOT / "benchmarks" / "NOTES.md"
@@ -239,6 +241,7 @@ def main() -> None:
         "",
         *synthesis_section(synthesis_runs),
         "",
+        *([*data_free_report.section(data_free), ""] if data_free_report.section(data_free) else []),
         *default_run_section(default_runs),
         "",
         *([*speed_report.section(speed), ""] if speed_report.section(speed) else []),

@@ -228,3 +228,23 @@ def test_the_speed_section_shows_phase_ratios_and_the_settings_choice():
     assert "| fast | 88.90 | 0.46 | 35.0% [33.0, 37.0] | 2 |" in text
     assert "| bf16 | 32 | 160 | 2.50x | 90.00 | 88.70 |" in text
     assert speed_report.section({"runs": {"plain": record["runs"]["plain"]}}) == []
+
+
+def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis_ratio():
+    from benchmarks import data_free_report
+
+    def run(teacher, name, top1, seconds, agreement):
+        return {"teacher": teacher, "set": name, "teacher_top1": 89.36, "pruned_top1": top1,
+                "drop_top1": 89.36 - top1, "reduction": 0.31, "dropped": ["a", "b", "c"], "wall_seconds": 300.0,
+                "date": "2026-12-02", "commit": "abc1234", "machine": "test box",
+                "tiny_set": {"synthesis_seconds": seconds, "agreement": agreement, "bn_distance": 35.86}}
+
+    record = {"runs": {"r56-generator": run("r56", "generator", 87.0, 60.0, 0.99),
+                       "r56-real500": run("r56", "real500", 89.0, 0.0, 0.97),
+                       "r56-synthetic": run("r56", "synthetic", 88.0, 240.0, 1.0)}}
+    text = "\n".join(data_free_report.section(record))
+    rows = [line for line in text.splitlines() if line.startswith("| r56 |")]
+    assert [r.split(" | ")[1] for r in rows] == ["500 real images", "512 BN-inversion images", "512 generator images"]
+    assert "| r56 | 512 generator images | 89.36 | 87.00 | 2.36 | 31.0% | 60 | 99.0% | 35.9 | 3 | 300 |" in text
+    assert "BN inversion / generator, each measured in its own run of this benchmark: r56 4.0x." in text
+    assert data_free_report.section({}) == []

@@ -1,0 +1,60 @@
+"""The BENCHMARKS.md section for ``data_free.py``: every teacher, data-free beside 500 real images."""
+
+from __future__ import annotations
+
+SET_NAMES = {
+    "real500": "500 real images",
+    "synthetic": "512 BN-inversion images",
+    "generator": "512 generator images",
+}
+
+
+def _number(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def section(record: dict) -> list[str]:
+    runs = (record or {}).get("runs") or {}
+    if not runs:
+        return []
+    any_run = next(iter(runs.values()))
+    dates = sorted({r["date"] for r in runs.values()})
+    commits = sorted({r["commit"] for r in runs.values()})
+    lines = [
+        "## Data-free on every teacher (CIFAR-10, 30% target)",
+        "",
+        "Each teacher in `../shared/assets/weights` compressed with the same default settings (no per-teacher "
+        "tuning), from 500 real training images, from 512 BN-inversion images and from 512 images of the "
+        "meta-learned generator; top-1 on `cifar10-jpeg/val` (5,000 images). Synthesis is timed from an empty "
+        "cache in the same run; agreement is the share of synthetic images the teacher classifies as their "
+        "intended class (for real images: as their label); BN distance is the mean over batches of 256 of the "
+        "summed distances between the batch's BatchNorm statistics and the teacher's running ones.",
+        "",
+        f"Machine: {any_run['machine']}. Dates: {', '.join(dates)}. Commits: {', '.join(f'`{c}`' for c in commits)}.",
+        "Command: `python -m benchmarks.data_free`, then `python -m benchmarks.write_benchmarks`. Raw results: "
+        "`benchmarks/results/data_free.json`.",
+        "",
+        "| teacher | tiny set | teacher top-1 | pruned top-1 | drop | measured cut | synthesis (s) | agreement | "
+        "BN distance | blocks | run (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = list(SET_NAMES)
+    for key, run in sorted(runs.items(), key=lambda kv: (kv[1]["teacher"], order.index(kv[1]["set"])
+                                                          if kv[1]["set"] in order else 99, kv[0])):
+        tiny = run.get("tiny_set") or {}
+        agreement = tiny.get("agreement")
+        lines.append(
+            f"| {run['teacher']} | {SET_NAMES.get(run['set'], run['set'])} | {run['teacher_top1']:.2f} | "
+            f"{run['pruned_top1']:.2f} | {run['drop_top1']:.2f} | {100 * run['reduction']:.1f}% | "
+            f"{_number(tiny.get('synthesis_seconds'), 0)} | {_number(100 * agreement if agreement is not None else None, 1)}% | "
+            f"{_number(tiny.get('bn_distance'), 1)} | {len(run['dropped'])} | {run['wall_seconds']:.0f} |")
+    ratios = []
+    for teacher in sorted({r["teacher"] for r in runs.values()}):
+        times = {r["set"]: (r.get("tiny_set") or {}).get("synthesis_seconds") for r in runs.values()
+                 if r["teacher"] == teacher}
+        if times.get("synthetic") and times.get("generator"):
+            ratios.append(f"{teacher} {times['synthetic'] / times['generator']:.1f}x")
+    if ratios:
+        lines += ["", "Synthesis time, BN inversion / generator, each measured in its own run of this benchmark: "
+                  + ", ".join(ratios) + "."]
+    return lines
