@@ -13,18 +13,17 @@ competition term, which rewards images on which a given student disagrees with t
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator, Sequence
+from contextlib import ExitStack
+from typing import Any, Sequence
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
-from kornia.losses import total_variation
 from torch import nn
 
 from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
 from .bn_stats import batchnorm_layers, bn_statistics
 from .errors import ConfigError, SynthesisError
+from .inversion import InversionLoss, check_non_negative, check_positive, frozen, jitter_and_flip, number
 
 
 @register_synthesizer("bn-inversion")
@@ -53,12 +52,12 @@ class BNInversion(Synthesizer):
         warm_start: float = 0.5,
         device: str = "cpu",
     ):
-        _check_positive(steps=steps, lr=lr, batch_size=batch_size)
-        _check_non_negative(
+        check_positive(steps=steps, lr=lr, batch_size=batch_size)
+        check_non_negative(
             bn_weight=bn_weight, first_bn_multiplier=first_bn_multiplier, ce_weight=ce_weight,
             tv_weight=tv_weight, l2_weight=l2_weight, competition_weight=competition_weight, jitter=jitter,
         )
-        if not 0 <= _number("warm_start", warm_start) < 1:
+        if not 0 <= number("warm_start", warm_start) < 1:
             raise ConfigError(f"warm_start is the fraction of steps at half resolution, in [0, 1); got {warm_start}")
         if not batchnorm_layers(teacher):
             raise ConfigError(
@@ -84,6 +83,7 @@ class BNInversion(Synthesizer):
         self.jitter = jitter
         self.flip = flip
         self.warm_start = warm_start
+        self.loss = InversionLoss(self.teacher, self.mean, self.std, self.weights, first_bn_multiplier, self.student)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -111,7 +111,7 @@ class BNInversion(Synthesizer):
         with ExitStack() as stack:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)  # kornia draws its jitter and flips from the global generator
-            stack.enter_context(_frozen(self.teacher, self.student))
+            stack.enter_context(frozen(self.teacher, self.student))
             stats = stack.enter_context(bn_statistics(self.teacher))
             phases = [(warm_steps, size), (self.steps - warm_steps, image_size)] if warm_steps else [(self.steps, size)]
             step = 0
@@ -126,12 +126,12 @@ class BNInversion(Synthesizer):
         pixels = pixels.detach().clone().requires_grad_(True)
         optimiser = torch.optim.Adam([pixels], lr=self.lr, betas=(0.5, 0.9), eps=1e-8)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
-        augment = self._augmentation(pixels.shape[-1])
+        augment = jitter_and_flip(pixels.shape[-1], self.jitter, self.flip)
         losses: dict[str, float] = {}
         for _ in range(steps):
             step += 1
             optimiser.zero_grad(set_to_none=True)
-            loss, losses = self._loss(augment(pixels), labels, stats)
+            loss, losses = self.loss(augment(pixels), labels, stats)
             if not math.isfinite(losses["loss"]):
                 raise SynthesisError(
                     f"BN-inversion loss became {losses['loss']} at step {step} of {self.steps} "
@@ -144,71 +144,3 @@ class BNInversion(Synthesizer):
                 pixels.clamp_(0, 1)
             report(loss=losses["loss"], ce=losses["ce"], bn=losses["bn"])
         return pixels, losses, step
-
-    def _augmentation(self, size: int) -> nn.Module:
-        jitter = max(1, round(self.jitter * size / 32)) if self.jitter else 0
-        layers: list[nn.Module] = []
-        if jitter:
-            layers.append(K.RandomCrop((size, size), padding=jitter, padding_mode="reflect"))
-        if self.flip:
-            layers.append(K.RandomHorizontalFlip())
-        return nn.Sequential(*layers)
-
-    def _loss(self, pixels: torch.Tensor, labels: torch.Tensor, stats) -> tuple[torch.Tensor, dict[str, float]]:
-        inputs = (pixels - self.mean) / self.std
-        stats.pop()
-        logits = self.teacher(inputs)
-        distances = stats.pop()
-        bn = distances[0] * self.first_bn_multiplier + sum(distances[1:])
-        terms = {
-            "ce": F.cross_entropy(logits, labels),
-            "bn": bn,
-            "tv": total_variation(pixels, reduction="mean").mean(),
-            "l2": inputs.flatten(1).norm(dim=1).mean() / math.sqrt(inputs[0].numel()),
-        }
-        if self.student is not None:
-            terms["competition"] = 1.0 - _jensen_shannon(logits, self.student(inputs))
-        loss = sum(self.weights[k] * v for k, v in terms.items())
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        values["loss"] = float(loss.detach())
-        return loss, values
-
-
-def _jensen_shannon(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """Mean Jensen-Shannon divergence of two predictions (in nats, at most ln 2)."""
-    p, q = logits_a.softmax(1), logits_b.softmax(1)
-    m = (0.5 * (p + q)).clamp_min(1e-12).log()
-    return 0.5 * (F.kl_div(m, p, reduction="batchmean") + F.kl_div(m, q, reduction="batchmean"))
-
-
-@contextmanager
-def _frozen(*models: nn.Module | None) -> Iterator[None]:
-    """No parameter gradients while optimising pixels (half the backward cost), restored after."""
-    params = [p for m in models if m is not None for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-
-
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if not _number(name, value) > 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-
-
-def _check_non_negative(**values: float) -> None:
-    for name, value in values.items():
-        if not _number(name, value) >= 0:
-            raise ConfigError(f"{name} must be zero or more, got {value}")
-
-
-def _number(name: str, value: Any) -> float:
-    """``value`` if it is a number; a ConfigError naming the setting if it is text, a list..."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    return value

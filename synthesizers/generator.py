@@ -41,18 +41,16 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import ExitStack, nullcontext
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
-from kornia.losses import total_variation
 from torch import nn
 
 from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
-from .bn_inversion import _check_non_negative, _check_positive, _frozen, _number
 from .bn_stats import batchnorm_layers, bn_statistics
 from .errors import ConfigError, SynthesisError
+from .inversion import InversionLoss, check_non_negative, check_positive, frozen, jitter_and_flip, number
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -142,11 +140,11 @@ class GeneratorSynthesizer(Synthesizer):
             raise ConfigError(f"meta_steps must be a whole number of 0 or more, got {meta_steps!r}")
         if not isinstance(generator_seed, int) or isinstance(generator_seed, bool):
             raise ConfigError(f"generator_seed must be a whole number, got {generator_seed!r}")
-        _check_positive(lr=lr, lr_z=lr_z)
-        if not 0 < _number("meta_lr", meta_lr) <= 1:
+        check_positive(lr=lr, lr_z=lr_z)
+        if not 0 < number("meta_lr", meta_lr) <= 1:
             raise ConfigError(f"meta_lr is the fraction of the way the shared generator moves, in (0, 1]; "
                               f"got {meta_lr}")
-        _check_non_negative(bn_weight=bn_weight, first_bn_multiplier=first_bn_multiplier, ce_weight=ce_weight,
+        check_non_negative(bn_weight=bn_weight, first_bn_multiplier=first_bn_multiplier, ce_weight=ce_weight,
                             tv_weight=tv_weight, jitter=jitter)
         if not isinstance(conditional, bool):
             raise ConfigError(f"conditional must be true or false, got {conditional!r}")
@@ -180,6 +178,7 @@ class GeneratorSynthesizer(Synthesizer):
         self.conditional = conditional
         self.weights = {"bn": bn_weight, "ce": ce_weight, "tv": tv_weight}
         self.first_bn_multiplier = first_bn_multiplier
+        self.loss = InversionLoss(self.teacher, self.mean, self.std, self.weights, first_bn_multiplier)
         self.jitter = jitter
         self.flip = flip
         self.precision = precision
@@ -274,17 +273,17 @@ class GeneratorSynthesizer(Synthesizer):
         z = torch.randn(len(labels), self.latent_dim, generator=draw).to(self.device).requires_grad_(True)
         optimiser = torch.optim.Adam([{"params": list(generator.parameters()), "lr": self.lr},
                                       {"params": [z], "lr": self.lr_z}], betas=(0.5, 0.999))
-        augment = self._augmentation(image_size)
+        augment = jitter_and_flip(image_size, self.jitter, self.flip)
         losses: dict[str, float] = {}
         with ExitStack() as stack:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)  # kornia draws its jitter and flips from the global generator
-            stack.enter_context(_frozen(self.teacher))
+            stack.enter_context(frozen(self.teacher))
             stats = stack.enter_context(bn_statistics(self.teacher))
             for step in range(1, self.steps + 1):
                 optimiser.zero_grad(set_to_none=True)
                 with self._autocast():
-                    loss, losses = self._loss(augment(generator(z, labels)), labels, stats)
+                    loss, losses = self.loss(augment(generator(z, labels)), labels, stats)
                 if not math.isfinite(losses["loss"]):
                     where = f"warm-up iteration {meta}" if meta else "a batch"
                     raise SynthesisError(
@@ -304,27 +303,3 @@ class GeneratorSynthesizer(Synthesizer):
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
-
-    def _augmentation(self, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        jitter = max(1, round(self.jitter * size / 32)) if self.jitter else 0
-        layers: list[nn.Module] = []
-        if jitter:
-            layers.append(K.RandomCrop((size, size), padding=jitter, padding_mode="reflect"))
-        if self.flip:
-            layers.append(K.RandomHorizontalFlip())
-        return nn.Sequential(*layers)
-
-    def _loss(self, pixels: torch.Tensor, labels: torch.Tensor, stats) -> tuple[torch.Tensor, dict[str, float]]:
-        inputs = (pixels - self.mean) / self.std
-        stats.pop()
-        logits = self.teacher(inputs).float()
-        distances = [d.float() for d in stats.pop()]
-        terms = {
-            "ce": F.cross_entropy(logits, labels),
-            "bn": distances[0] * self.first_bn_multiplier + sum(distances[1:]),
-            "tv": total_variation(pixels.float(), reduction="mean").mean(),
-        }
-        loss = sum(self.weights[k] * v for k, v in terms.items())
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        values["loss"] = float(loss.detach())
-        return loss, values
