@@ -187,6 +187,8 @@ class LatencyConfig(Settings):
     # on a noisy machine two measurements of the same pair differ by a few points, and a cut
     # should not fall short later
     target_margin: float = Field(1.0, ge=0, description="Points a selection must measure above the target.")
+    target_window: float = Field(3.0, gt=0, description="Points above the target a selection's predicted cut may "
+                                 "reach when some set of blocks lands there (else the cheapest set reaching it).")
 
 
 class ScoringConfig(Settings):
@@ -268,6 +270,10 @@ class RunConfig(Settings):
         """Check the rules between settings (each setting checks itself); return self."""
         if self.drop is not None and self.latency_reduction is not None:
             raise ConfigError("give either a latency-reduction target or a drop count, not both")
+        if self.latency.target_window <= self.latency.target_margin:
+            raise ConfigError(f"latency.target_window ({self.latency.target_window:g}) must be larger than "
+                              f"latency.target_margin ({self.latency.target_margin:g}): a selection must land "
+                              "between the two")
         if self.drop is None and self.latency_reduction is None:
             raise ConfigError("give a latency-reduction target (e.g. 0.3) or a drop count")
         return self

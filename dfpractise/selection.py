@@ -99,28 +99,33 @@ def select_by_count(blocks: list[BlockScore], count: int) -> list[str]:
 
 
 def select_by_target(
-    blocks: list[BlockScore], target_percent: float, method: str = "min-recoverability"
+    blocks: list[BlockScore], target_percent: float, method: str = "min-recoverability",
+    upper_percent: float | None = None,
 ) -> list[str]:
-    """Blocks whose summed ΔLat reaches ``target_percent``, in network order."""
+    """Blocks whose summed ΔLat reaches ``target_percent``, in network order; with
+    ``upper_percent``, a set summing to at most that where the method finds one."""
     reachable = sum(b.delta_lat for b in blocks)
     if reachable < target_percent:
         raise TargetError(
             f"a {target_percent:.1f}% latency cut is out of reach: dropping every droppable block "
             f"saves about {reachable:.1f}% by the per-block measurements"
         )
-    chosen = SELECTION_METHODS.get(method)(blocks, target_percent)
+    chosen = SELECTION_METHODS.get(method)(blocks, target_percent, upper_percent)
     return [b.name for b in sorted(chosen, key=lambda b: b.step)]
 
 
-SelectionMethod = Callable[[list[BlockScore], float], list[BlockScore]]
+SelectionMethod = Callable[[list[BlockScore], float, "float | None"], list[BlockScore]]
+"""``(blocks, target_percent, upper_percent) -> chosen``: ``upper_percent`` (or None) is where the
+summed ΔLat should stay below if a set allows it, so a cut does not overshoot the target."""
 SELECTION_METHODS: Registry[SelectionMethod] = Registry(
     "selection method", "selection methods", unknown=ConfigError, invalid=ConfigError
 )
 
 
 @SELECTION_METHODS.register("greedy")
-def _greedy(blocks: list[BlockScore], target_percent: float) -> list[BlockScore]:
-    """Blocks in score order until their summed ΔLat reaches the target (one unit per block)."""
+def _greedy(blocks: list[BlockScore], target_percent: float, upper_percent: float | None = None) -> list[BlockScore]:
+    """Blocks in score order until their summed ΔLat reaches the target (one unit per block);
+    the greedy order has no room for an upper bound, so it is ignored."""
     chosen, total = [], 0.0
     for block in rank(blocks):
         if total >= target_percent:
@@ -133,37 +138,57 @@ def _greedy(blocks: list[BlockScore], target_percent: float) -> list[BlockScore]
 
 
 @SELECTION_METHODS.register("min-recoverability")
-def _min_cost_cover(blocks: list[BlockScore], target_percent: float, resolution: float = 0.01) -> list[BlockScore]:
+def _min_cost_cover(blocks: list[BlockScore], target_percent: float, upper_percent: float | None = None,
+                    resolution: float = 0.01) -> list[BlockScore]:
     """Exact min-cost cover on ΔLat rounded to ``resolution`` percent (dynamic programming).
 
     At most one unit per block (a block, or one of its branches): a multiple-choice knapsack, the
-    0/1 one where every block has a single unit. ``best[w]`` is the cheapest set reaching at least
-    ``w`` units; weights above the target are capped at the target, so the table has
-    target/resolution + 1 entries.
+    0/1 one where every block has a single unit. ``best[w]`` is the cheapest set whose savings sum
+    to ``w`` units. With ``upper_percent`` the cheapest set summing into [target, upper] wins; only
+    when there is none (blocks too coarse for the window) does the cheapest set reaching the
+    target, however far above, win.
     """
     goal = math.ceil(target_percent / resolution - 1e-9)
+    if upper_percent is not None and upper_percent >= target_percent:
+        top = math.floor(upper_percent / resolution + 1e-9)
+        windowed = _cheapest_sets(blocks, goal, top, resolution, cap=False)
+        if windowed is not None:
+            return windowed
+    return _cheapest_sets(blocks, goal, goal, resolution, cap=True) or []
+
+
+def _cheapest_sets(blocks: list[BlockScore], goal: int, top: int, resolution: float,
+                   cap: bool) -> list[BlockScore] | None:
+    """The cheapest set whose summed units lie in [goal, top]; ``cap`` counts sums above ``top`` as
+    ``top`` (a cover), else they are out. None when no set qualifies."""
     groups: dict[str, list[BlockScore]] = {}
     for block in blocks:
         groups.setdefault(block.key, []).append(block)
     options = list(groups.values())
     infinity = float("inf")
-    best = [infinity] * (goal + 1)
+    best = [infinity] * (top + 1)
     best[0] = 0.0
-    choice: list[list[tuple[int, BlockScore] | None]] = [[None] * (goal + 1) for _ in options]
+    choice: list[list[tuple[int, BlockScore] | None]] = [[None] * (top + 1) for _ in options]
     for g, members in enumerate(options):
         updated = best[:]
-        for reached in range(goal + 1):
+        for reached in range(top + 1):
             if best[reached] == infinity:
                 continue
             for block in members:
-                new = min(goal, reached + max(1, round(block.delta_lat / resolution)))
+                new = reached + max(1, round(block.delta_lat / resolution))
+                if new > top:
+                    if not cap:
+                        continue
+                    new = top
                 cost = best[reached] + block.cost
                 if cost < updated[new] - 1e-12:
                     updated[new] = cost
                     choice[g][new] = (reached, block)
         best = updated
+    reached = min(range(goal, top + 1), key=lambda w: (best[w], w), default=None)
+    if reached is None or best[reached] == infinity:
+        return None
     chosen = []
-    reached = goal
     for g in range(len(options) - 1, -1, -1):
         entry = choice[g][reached]
         if entry is not None:
@@ -201,6 +226,7 @@ def select_blocks(
     drop: int | None = None,
     all_dropped_cut_percent: float = 100.0,
     margin: float = 1.0,
+    window: float | None = 3.0,
     method: str = "min-recoverability",
     model_name: str = "the model",
     log: Callable[[str], None] = lambda message: None,
@@ -215,7 +241,8 @@ def select_blocks(
     measurement confirms it (a noisy first measurement can flatter a selection). If none does,
     blocks are added by score until a long measurement reaches the target. Measurements must
     clear the target by ``margin`` points, so that the verified cut does not fall short through
-    noise alone.
+    noise alone, and a proposal's predicted cut stays within ``window`` points above the target
+    where a set of blocks allows it (None: the cheapest cover, however far above).
     """
     if drop is not None:
         dropped = select_by_count(scores, drop)
@@ -230,8 +257,10 @@ def select_blocks(
     scale = all_dropped_cut_percent / summed_all if summed_all > 0 else 1.0
     feasible: list[tuple[float, list[str]]] = []
     seen: set[tuple[str, ...]] = set()
+    upper = goal_percent + window if window is not None else None
     for _ in range(4):
-        dropped = select_by_target(scores, min(goal / scale, summed_all), method)
+        bound = min(upper / scale, summed_all) if upper is not None else None
+        dropped = select_by_target(scores, min(goal / scale, summed_all), method, bound)
         if tuple(dropped) in seen:
             break
         seen.add(tuple(dropped))

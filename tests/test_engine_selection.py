@@ -89,3 +89,21 @@ def test_a_drop_count_takes_the_best_scores_and_measures_them_once():
 def test_selection_round_trips_through_json():
     selection = select_blocks(_scores(), _fake_measure(1.0), target=0.12, all_dropped_cut_percent=24.0, margin=0.0)
     assert type(selection).from_json(selection.to_json()) == selection
+
+
+def test_a_cheap_coarse_block_does_not_push_the_cut_far_past_the_target():
+    """Stage-1 blocks save 6% each and are cheapest; at a 30% target five of them (plus a margin)
+    would land near 36%. With the window the selection mixes in smaller blocks to land in
+    [target + margin, target + window] on a machine whose cuts add up."""
+    scores = [BlockScore(f"s1.{i}", 1, i, 6.0, 0.01) for i in range(6)]
+    scores += [BlockScore(f"s2.{i}", 2, 10 + i, 2.0, 0.05) for i in range(6)]
+    by_name = {s.name: s for s in scores}
+
+    def additive(blocks, rounds=1):
+        return MeasuredCut(sum(by_name[b].delta_lat for b in blocks) / 100.0, (0.0, 0.0), blocks)
+
+    total = sum(s.delta_lat for s in scores)
+    wide = select_blocks(scores, additive, target=0.30, all_dropped_cut_percent=total, window=None)
+    assert 100 * wide.measured.reduction == pytest.approx(36.0), "without a window: six 6% blocks"
+    tight = select_blocks(scores, additive, target=0.30, all_dropped_cut_percent=total, window=3.0)
+    assert 31.0 <= 100 * tight.measured.reduction <= 33.0

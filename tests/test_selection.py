@@ -68,3 +68,42 @@ def test_next_block_follows_rank():
     assert [b.name for b in rank(blocks)] == ["b1", "b2", "b0"]
     assert next_block(blocks, ["b1"]).name == "b2"
     assert next_block(blocks, ["b0", "b1", "b2"]) is None
+
+
+def test_the_cheapest_set_inside_the_window_wins_over_a_cheaper_one_far_above_the_target():
+    """A cheap big block overshoots; with an upper bound the cheapest set landing in
+    [target, upper] is taken, and without one (or when none lands there) the cheapest cover."""
+    blocks = [BlockScore("big", 1, 0, 10.0, 0.1), BlockScore("a", 2, 1, 3.0, 0.3),
+              BlockScore("b", 2, 2, 3.0, 0.3), BlockScore("c", 2, 3, 4.0, 0.5)]
+    assert select_by_target(blocks, 6.0) == ["big"], "the cheapest cover, 4 points above"
+    assert select_by_target(blocks, 6.0, upper_percent=7.0) == ["a", "b"], "6 points: inside [6, 7]"
+    assert select_by_target(blocks, 6.0, upper_percent=6.5) == ["a", "b"]
+    coarse = [BlockScore("big", 1, 0, 10.0, 0.1), BlockScore("d", 2, 1, 8.0, 0.3)]
+    assert select_by_target(coarse, 6.0, upper_percent=7.0) == ["big"], "nothing lands in the window"
+    assert select_by_target(blocks, 6.0, method="greedy", upper_percent=7.0) == ["big"], "greedy has no bound"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_windowed_cover_is_the_cheapest_set_in_the_window_by_brute_force(seed):
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    blocks = [BlockScore(f"b{i}", 1, i, rng.uniform(1, 6), rng.uniform(0.1, 1)) for i in range(8)]
+    target, upper = 12.0, 14.0
+    inside = [c for r in range(1, 9) for c in itertools.combinations(blocks, r)
+              if target <= sum(b.delta_lat for b in c) <= upper]
+    chosen = select_by_target(blocks, target, upper_percent=upper)
+    if inside:
+        cheapest = min(sum(b.cost for b in c) for c in inside)
+        by_name = {b.name: b for b in blocks}
+        assert sum(by_name[n].cost for n in chosen) == pytest.approx(cheapest, abs=1e-9)
+        assert target - 0.01 <= sum(by_name[n].delta_lat for n in chosen) <= upper + 0.01
+
+
+def test_a_window_no_wider_than_the_margin_is_refused():
+    from dfpractise.config import RunConfig
+    from dfpractise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="target_window .* must be larger than latency.target_margin"):
+        RunConfig.from_dict({"latency": {"target_window": 1.0, "target_margin": 1.0}}).validate()
