@@ -140,8 +140,8 @@ def setting_option(*flags: str, path: str, declared_default: bool = False, **kwa
         kwargs.setdefault("default", None)
     if ref is not None:
         kwargs.setdefault("type", click.Choice(ref.get().names()))
-    elif get_origin(kinds[0]) is Literal:
-        kwargs.setdefault("type", click.Choice(get_args(kinds[0])))
+    elif get_origin(field.annotation) is Literal:
+        kwargs.setdefault("type", click.Choice(get_args(field.annotation)))
     elif kinds[0] is bool and "/" not in flags[0]:
         kwargs.setdefault("is_flag", True)
     elif kinds[0] in (int, float):

@@ -229,3 +229,12 @@ def test_synthesis_option_numbers_in_exponent_form_are_numbers():
 def test_blocks_refuses_a_zero_batch_in_one_line():
     result = _invoke("blocks", "--model", "cifar10_resnet20", "--batch-size", "0")
     _assert_one_line_error(result, "latency.batch_size must be at least 1, got 0")
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_setting_with_fixed_words_offers_them_as_choices(command):
+    """A Literal setting (precision) is a click choice: listed in --help, a typo refused in one line."""
+    runner = CliRunner()
+    assert "[auto|fp32|bf16]" in runner.invoke(main, [command, "--help"]).output
+    result = runner.invoke(main, [command, "--precision", "fp16"])
+    assert result.exit_code == 2 and "'fp16' is not one of 'auto', 'fp32', 'bf16'" in result.output
