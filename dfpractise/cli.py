@@ -188,6 +188,20 @@ def model_options(command: Callable) -> Callable:
     return command
 
 
+def training_options(command: Callable) -> Callable:
+    """The options of how the pruned model is recovered and where (``run`` and ``sweep``)."""
+    for option in reversed([
+        setting_option("--recovery", path="recovery.method"),
+        setting_option("--recovery-iterations", path="recovery.iterations"),
+        setting_option("--teacher-views", path="recovery.teacher_views"),
+        setting_option("--device", path="device"),
+        setting_option("--precision", path="precision"),
+        setting_option("--seed", path="seed"),
+    ]):
+        command = option(command)
+    return command
+
+
 def _with_model_options(overrides: dict[str, Any], pairs: tuple[str, ...]) -> dict[str, Any]:
     options = _parse_options(pairs, "--model-option")
     return {**overrides, "model_options": options} if options else overrides
@@ -253,9 +267,7 @@ def main() -> None:
 @setting_option("--drop", path="drop")
 @setting_option("--scorer", path="scoring.scorer")
 @setting_option("--selection", path="selection")
-@setting_option("--recovery", path="recovery.method")
-@setting_option("--recovery-iterations", path="recovery.iterations")
-@setting_option("--teacher-views", path="recovery.teacher_views")
+@training_options
 @setting_option("--score-iterations", path="scoring.iterations")
 @setting_option("--batch-size", path="latency.batch_size")
 @setting_option("--resolution", path="latency.resolution")
@@ -264,9 +276,6 @@ def main() -> None:
 @setting_option("--latency-backend", path="latency.backend")
 @setting_option("--latency-table", path="latency.table")
 @setting_option("--remeasure-latency", path="latency.remeasure")
-@setting_option("--device", path="device")
-@setting_option("--precision", path="precision")
-@setting_option("--seed", path="seed")
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
               help="Any setting by its recipe key, e.g. recovery.lr=0.01 or data.synthesis.steps=50 (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder to write.")
@@ -371,13 +380,8 @@ def _is_number(text: str) -> bool:
 @setting_option("--data", path="data.path")
 @setting_option("--num-images", path="data.num_images")
 @setting_option("--eval-data", path="data.eval_path")
-@setting_option("--recovery", path="recovery.method")
-@setting_option("--recovery-iterations", path="recovery.iterations")
-@setting_option("--teacher-views", path="recovery.teacher_views")
+@training_options
 @setting_option("--latency-repeats", path="latency.repeats")
-@setting_option("--device", path="device")
-@setting_option("--precision", path="precision")
-@setting_option("--seed", path="seed")
 @click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
               help="Any setting by its recipe key, e.g. recovery.lr=0.01 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
