@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,3 +123,25 @@ def interrupting_task(inner, step: int):
                 os.kill(os.getpid(), signal.SIGINT)
 
     return Counting()
+
+
+class SmallBNNet(nn.Module):
+    """A tiny teacher for the synthesizer tests: conv-BN-ReLU twice and a linear head, with running
+    statistics from a few noise batches (seeded, so the same every time)."""
+
+    def __init__(self, classes: int = 3, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(8, classes)
+        with torch.no_grad():
+            for _ in range(5):
+                self(torch.rand(16, 3, 16, 16) * 0.5 + 0.25)
+        self.eval()
+
+    def forward(self, x):
+        return self.head(self.features(x))

@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import SmallBNNet
+
 from synthesizers import quality_report
 from synthesizers.auto import PLANS, choose_settings
 from synthesizers.errors import ConfigError
@@ -47,27 +49,6 @@ class ChannelTeacher(nn.Module):
 
     def forward(self, x):
         return self.head(self.bn(x).mean(dim=(2, 3)))
-
-
-class SmallBNNet(nn.Module):
-    """Conv-BN-ReLU twice and a linear head, running statistics from a few noise batches."""
-
-    def __init__(self, classes: int = 3, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.head = nn.Linear(8, classes)
-        with torch.no_grad():
-            for _ in range(5):
-                self(torch.rand(16, 3, 16, 16) * 0.5 + 0.25)
-        self.eval()
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 def _choose(teacher, seed=0, base=BASE, candidates=CANDIDATES, **kwargs):

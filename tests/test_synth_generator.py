@@ -10,33 +10,14 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from conftest import SmallBNNet
+
 from synthesizers import GeneratorSynthesizer, create_synthesizer, list_synthesizers, quality_report, synthesize
 from synthesizers.errors import ConfigError, SynthesisError
 from synthesizers.generate import batch_seed
 from synthesizers.generator import ImageGenerator
 
 TINY = {"steps": 2, "meta_steps": 2, "batch_size": 4, "latent_dim": 8, "width": 4}
-
-
-class SmallBNNet(nn.Module):
-    """Conv-BN-ReLU twice and a linear head, with running statistics from a few noise batches."""
-
-    def __init__(self, classes: int = 3):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.head = nn.Linear(8, classes)
-        with torch.no_grad():
-            for _ in range(5):
-                self(torch.rand(16, 3, 16, 16) * 0.5 + 0.25)
-        self.eval()
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 def _quiet(**fields):

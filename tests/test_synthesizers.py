@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+import conftest
+
 from synthesizers.errors import ConfigError, DataError, SynthesisError
 from dfpractise.report import save_sample_grid
 from synthesizers import (
@@ -124,30 +126,18 @@ def test_diverged_synthesis_stops_with_a_message_and_keeps_finished_batches(tmp_
 # ---------------------------------------------------------------- BN-statistics inversion
 
 
-class SmallBNNet(nn.Module):
-    """Conv-BN-ReLU twice and a linear head, with running statistics from a few noise batches."""
+class SmallBNNet(conftest.SmallBNNet):
+    """The shared tiny teacher, whose outputs turn NaN after ``poison_after`` calls (once built)."""
 
     def __init__(self, classes: int = 3, poison_after: int | None = None):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.head = nn.Linear(8, classes)
+        super().__init__(classes)
         self.poison_after = poison_after
-        self.calls = 0
-        with torch.no_grad():
-            for _ in range(5):
-                self(torch.rand(16, 3, 16, 16) * 0.5 + 0.25)
-        self.eval()
         self.calls = 0
 
     def forward(self, x):
-        self.calls += 1
-        out = self.head(self.features(x))
-        if self.poison_after is not None and self.calls > self.poison_after:
+        self.calls = getattr(self, "calls", 0) + 1
+        out = super().forward(x)
+        if getattr(self, "poison_after", None) is not None and self.calls > self.poison_after:
             out = out * float("nan")
         return out
 
