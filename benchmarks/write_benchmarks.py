@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks import (any_model_report, deployment_report, gpu_report, robustness_report, side_by_side_report,
                         sweep_report)
-from benchmarks import data_free_report, distributed_report, speed_report
+from benchmarks import data_free_report, distributed_report, latency_agreement, speed_report
 from synthesizers.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +33,7 @@ SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
 SWEEP_RESULTS = ROOT / "benchmarks" / "results" / "sweep.json"
 SPEED_RESULTS = ROOT / "benchmarks" / "results" / "speed.json"
 DATA_FREE_RESULTS = ROOT / "benchmarks" / "results" / "data_free.json"
+AGREEMENT_RESULTS = ROOT / "benchmarks" / "results" / "latency_agreement.json"
 SOURCE_NAMES = {
     "synthetic": "data-free: 512 BN-inversion images",
     "ood": "out-of-domain: 1000 ImageNet sample images",
@@ -226,6 +227,7 @@ def main() -> None:
     distributed = json.loads(DISTRIBUTED_RESULTS.read_text()) if DISTRIBUTED_RESULTS.exists() else {}
     speed = json.loads(SPEED_RESULTS.read_text()) if SPEED_RESULTS.exists() else {}
     data_free = json.loads(DATA_FREE_RESULTS.read_text()) if DATA_FREE_RESULTS.exists() else {}
+    agreement = json.loads(AGREEMENT_RESULTS.read_text()) if AGREEMENT_RESULTS.exists() else {}
     plotted = side_by_side_report.plot(side_by_side, SIDE_BY_SIDE_PLOT)
     plot_name = str(SIDE_BY_SIDE_PLOT.relative_to(ROOT)) if plotted else None
     notes_path = ROOT / "benchmarks" / "NOTES.md"
@@ -245,6 +247,7 @@ def main() -> None:
         *default_run_section(default_runs),
         "",
         *([*speed_report.section(speed), ""] if speed_report.section(speed) else []),
+        *([*latency_agreement.section(agreement), ""] if agreement else []),
         *side_by_side_report.section(side_by_side, scoring, plot_name),
         "",
         *gpu_report.section(gpu),
