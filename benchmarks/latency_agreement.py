@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks import engine_grid
 
 ROOT = Path(__file__).resolve().parents[1]
-UNFIXED = "import dfpractise.allocator as a; a.steady_allocator = lambda: False; "
+UNFIXED = "import dfpractise.backends as b; b.steady_allocator = lambda: False; "
 LATENCY = ("import sys; from dfpractise.cli import main; "
            "sys.argv = ['dfpractise', 'latency', sys.argv[1], '--json']; main()")
 
