@@ -188,7 +188,11 @@ class LatencyConfig(Settings):
     # should not fall short later
     target_margin: float = Field(1.0, ge=0, description="Points a selection must measure above the target.")
     target_window: float = Field(3.0, gt=0, description="Points above the target a selection's predicted cut may "
-                                 "reach when some set of blocks lands there (else the cheapest set reaching it).")
+                                 "reach when some set of blocks lands there at little extra cost "
+                                 "(target_window_cost; else the cheapest set reaching it).")
+    target_window_cost: float = Field(0.1, ge=0, description="How much more total recoverability cost (a fraction of "
+                                      "the cheapest set's) a set inside the window may have and still be preferred "
+                                      "to the cheapest set above it.")
 
 
 class ScoringConfig(Settings):

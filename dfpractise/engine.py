@@ -336,7 +336,8 @@ def select_for(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, co
     return select_blocks(
         scores, cut_measure(setup.teacher, setup.timing, progress), target=config.latency_reduction,
         drop=config.drop, all_dropped_cut_percent=latency.all_dropped_cut_percent,
-        margin=config.latency.target_margin, window=config.latency.target_window, method=config.selection,
+        margin=config.latency.target_margin, window=config.latency.target_window,
+        window_cost=config.latency.target_window_cost, method=config.selection,
         model_name=config.model, log=progress.log,
     )
 
