@@ -8,11 +8,13 @@ batches, so every batch is re-augmented on the fly, on whatever device the batch
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence, get_args
 
 import kornia.augmentation as K
 import torch
 from torch import nn
+
+from .config import Mixing
 
 SMALL_INPUT_MAX = 64
 """Inputs this size or smaller get CIFAR-style augmentation (pad 4, random crop, flip)."""
@@ -34,6 +36,28 @@ def train_augmentation(image_size: int) -> nn.Module:
     else:
         crop = K.RandomResizedCrop(size, scale=RESIZED_CROP_SCALE)
     return nn.Sequential(crop, K.RandomHorizontalFlip())
+
+
+def mixing(kind: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Blend each image of a batch with another of the same batch; None for ``none``.
+
+    A method that learns from the teacher's outputs on the very images the student sees (MiR, KD)
+    needs no labels for a blended image, so a tiny set of N images offers about N^2 / 2 inputs
+    instead of N (the "function matching" of Beyer et al., CVPR 2022). ``mixup``: a pixel-wise
+    blend with a weight drawn uniformly from [0, 1] per image (Zhang et al., ICLR 2018); ``cutmix``:
+    a rectangle pasted from the partner (Yun et al., ICCV 2019). kornia draws from torch's
+    generator, so a seeded run repeats. In and out in [0, 1], N x C x H x W.
+    """
+    if kind not in get_args(Mixing):
+        raise ValueError(f"unknown mixing {kind!r}; known: {', '.join(get_args(Mixing))}")
+    if kind == "none":
+        return None
+    blend = K.RandomMixUpV2(p=1.0) if kind == "mixup" else K.RandomCutMixV2(p=1.0, use_correct_lambda=True)
+
+    def mixed(images: torch.Tensor) -> torch.Tensor:
+        return blend(images) if len(images) > 1 else images
+
+    return mixed
 
 
 def _channel_view(values: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

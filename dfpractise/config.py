@@ -57,6 +57,7 @@ SelectionName = registered("selection", "SELECTION_METHODS")
 BackendName = registered("backends", "BACKENDS")
 Precision = Literal["auto", "fp32", "bf16"]  # read by dfpractise.precision
 LatencyProfile = Literal["auto", "hooks", "variants"]  # dfpractise.latency.PROFILES
+Mixing = Literal["none", "mixup", "cutmix"]  # read by dfpractise.augment.mixing
 
 
 def _open_unit_interval(value: float | None) -> float | None:
@@ -226,6 +227,10 @@ class RecoveryConfig(Settings):
     kd_temperature: float = Field(4.0, gt=0, description="Softmax temperature of kd.")
     checkpoint_every: int = Field(200, ge=0, description="Iterations between recovery checkpoints (0: only on "
                                   "interruption).")
+    mix: Mixing = Field("none", description="Blend pairs of tiny-set images into new inputs after augmentation "
+                        "(mixup, cutmix; dfpractise.augment.mixing); the teacher's outputs on the blends are "
+                        "what the student learns, so no labels are needed. Methods that train on labels (bp) "
+                        "take none.")
     teacher_views: int = Field(32, ge=0, description="Augmented copies of the tiny set whose teacher outputs are "
                                "computed once and drawn from, as many as fit in memory (0: augment and run the "
                                "teacher every step).")

@@ -40,7 +40,7 @@ from .models.blocks import Block
 from .models.registry import ModelSpec
 from .progress import Progress
 from .recoverability import BlockCosts, DropCost, ScoringContext, create_drop_cost
-from .recovery import RECOVERY_METHODS, label_free_methods, recover
+from .recovery import RECOVERY_METHODS, check_settings, label_free_methods, recover
 from .run_report import build_report
 from .selection import BlockScore, Selection, check_reachable, select_blocks
 from .sources.images import class_indices, label_names
@@ -219,9 +219,10 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
 
 def prepare(config: RunConfig, teacher: nn.Module | None = None, drop_cost: DropCost | None = None) -> Setup:
     """Load the teacher, find its droppable blocks, and refuse what can be refused before any work:
-    a device this machine lacks, a target they cannot meet by count, an evaluation folder that is
-    missing or whose classes are not the model's."""
+    a device this machine lacks, recovery settings that do not go together, a target they cannot
+    meet by count, an evaluation folder that is missing or whose classes are not the model's."""
     check_device(config.device)
+    check_settings(config.recovery)
     if teacher is not None:
         weights_ref, weights_sha = config.weights, None
         spec = spec_of(teacher)

@@ -45,6 +45,7 @@ from torch import nn
 
 from . import distributed
 from . import precision as precisions
+from .augment import mixing
 from .config import RecoveryConfig
 from .errors import ConfigError, DataError, DivergedError
 from .models.adapter import ModelAdapter, adapter_for
@@ -132,12 +133,15 @@ def recover(
     """
     method = config.method
     adapter = adapter or adapter_for(teacher)
-    spec = RECOVERY_METHODS.get(method)
+    spec = check_settings(config)
     if spec.loss is None or config.iterations == 0:
         return RecoveryResult(method, 0, None)
     if spec.needs_labels and labels is None:
         raise ConfigError(f"{method.upper()} recovery needs labelled images; this tiny set has no labels "
                           f"(use {' or '.join(label_free_methods())})")
+    mix = mixing(config.mix)
+    if mix is not None:
+        augment = _then(augment, mix)
     device = torch.device(device)
     channels_last = device.type == "cpu"
     dtype = precisions.resolve(precision, device)
@@ -238,6 +242,21 @@ def recover(
     result.final_loss = result.losses[-1][1] if result.losses else None
     result.seconds = time.perf_counter() - started
     return result
+
+
+def check_settings(config: RecoveryConfig) -> RecoveryMethod:
+    """The method ``config`` names, once its settings are known to go together (said before any work)."""
+    spec = RECOVERY_METHODS.get(config.method)
+    if config.mix != "none" and spec.teacher_output is None and spec.loss is not None:
+        raise ConfigError(f"recovery.mix {config.mix} blends images, and {config.method.upper()} recovery learns "
+                          "from their labels, which a blend does not have; use mix none, or "
+                          f"{' or '.join(label_free_methods())}")
+    return spec
+
+
+def _then(first: Callable[[torch.Tensor], torch.Tensor],
+          second: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: second(first(x))
 
 
 def _finite(model: nn.Module) -> bool:

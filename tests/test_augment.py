@@ -6,7 +6,7 @@ import kornia.augmentation as K
 import pytest
 import torch
 
-from dfpractise.augment import Normalize, normalize, train_augmentation
+from dfpractise.augment import Normalize, mixing, normalize, train_augmentation
 
 
 @pytest.mark.parametrize(("size", "crop"), [(32, K.RandomCrop), (96, K.RandomResizedCrop)])
@@ -61,3 +61,53 @@ def test_normalize_function_and_module_agree() -> None:
     assert torch.allclose(Normalize(mean, std)(images), expected)
     assert "mean=" in repr(Normalize(mean, std))
     assert set(dict(Normalize(mean, std).named_buffers())) == {"mean", "std"}
+
+
+# --- mixing pairs of a batch (recovery.mix) ------------------------------------------------------
+
+def _constant_images(values: list[float], size: int = 8) -> torch.Tensor:
+    return torch.tensor(values).view(-1, 1, 1, 1).expand(-1, 3, size, size).clone()
+
+
+def test_no_mixing_is_no_function_and_an_unknown_one_is_refused() -> None:
+    assert mixing("none") is None
+    with pytest.raises(ValueError, match="unknown mixing 'mixdown'"):
+        mixing("mixdown")
+
+
+def test_mixup_blends_each_image_with_a_partner_of_the_batch() -> None:
+    """Images of one constant value each: a blend is constant too, between the batch's values, and
+    most images move (the weight is drawn per image)."""
+    images = _constant_images([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    torch.manual_seed(0)
+    out = mixing("mixup")(images)
+    assert out.shape == images.shape
+    per_image = out.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image)), "a blend of constants is constant"
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert (per_image[:, 0] - images.flatten(1)[:, 0]).abs().gt(1e-3).sum() >= 3
+
+
+def test_cutmix_pastes_a_partners_rectangle() -> None:
+    """Every pixel comes from the image itself or from one partner, and some images get a patch."""
+    images = _constant_images([0.1, 0.3, 0.5, 0.7, 0.9, 0.2, 0.4, 0.6], size=16)
+    torch.manual_seed(1)
+    out = mixing("cutmix")(images)
+    values = set(images[:, 0, 0, 0].tolist())
+    patched = 0
+    for own, result in zip(images[:, 0, 0, 0].tolist(), out):
+        seen = set(result.unique().tolist())
+        assert seen <= values and len(seen) <= 2
+        patched += seen != {own}
+    assert patched >= 1
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixing_repeats_under_manual_seed_and_leaves_a_single_image_alone(kind: str) -> None:
+    images = torch.rand(8, 3, 16, 16)
+    torch.manual_seed(3)
+    first = mixing(kind)(images)
+    torch.manual_seed(3)
+    assert torch.equal(mixing(kind)(images), first)
+    assert not torch.equal(first, images)
+    assert torch.equal(mixing(kind)(images[:1]), images[:1])

@@ -117,6 +117,17 @@ def test_label_training_on_mismatched_folders_is_refused_before_any_timing(tmp_p
     assert not out.exists()
 
 
+def test_blending_images_for_a_label_trained_recovery_is_refused_before_any_work(tmp_path, three_classes):
+    out = tmp_path / "bp-mix"
+    result = _cli("run", *MODEL, "--data", three_classes, "--drop", "1", "--recovery", "bp",
+                  "--set", "recovery.mix=mixup", *QUICK, "--out", out)
+    _one_line_error(result, "recovery.mix mixup blends images", "BP recovery learns from their labels")
+    assert not out.exists()
+    typo = _cli("run", *MODEL, "--data", three_classes, "--drop", "1", "--set", "recovery.mix=mixop", *QUICK,
+                "--out", out)
+    _one_line_error(typo, "recovery.mix", "mixup")
+
+
 def test_mismatched_evaluation_folder_is_refused_before_any_work(tmp_path, three_classes, twelve_classes):
     out = tmp_path / "ev"
     result = _cli("run", *MODEL, "--data", three_classes, "--eval-data", twelve_classes, "--drop", "1", *QUICK,

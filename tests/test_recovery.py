@@ -210,3 +210,66 @@ def test_auto_precision_is_bf16_only_where_the_hardware_is_native(monkeypatch):
     assert precision.resolve("auto", "cpu") is None
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     assert precision.resolve("auto", "cpu") is torch.bfloat16
+
+
+# --- mixing (recovery.mix) -------------------------------------------------------------------------
+
+@pytest.fixture()
+def spy_method():
+    """A MiR-like method that records what the teacher and the student were shown."""
+    from dfpractise.recovery import RECOVERY_METHODS, RecoveryMethod, register_recovery
+
+    seen = {"teacher": [], "student": []}
+
+    def teacher_output(adapter, teacher, x, config):
+        seen["teacher"].append(x.clone())
+        return adapter.features(teacher, x).float()
+
+    def loss(adapter, student, x, wanted, target, config):
+        seen["student"].append(x.clone())
+        return torch.nn.functional.mse_loss(adapter.features(student, x).float(), wanted)
+
+    register_recovery("spy-mix", RecoveryMethod(loss, teacher_output, features_only=True))
+    yield seen
+    RECOVERY_METHODS.unregister("spy-mix")
+
+
+@pytest.mark.parametrize("views", [0, 2])
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixing_shows_teacher_and_student_the_same_blends(pair, images, spy_method, views, kind):
+    """The blends are new images (not rows of the tiny set), and the teacher's targets are computed on
+    exactly the blends the student trains on, in the pool and in the plain loop alike."""
+    teacher, student = pair
+    tiny = images[:16]
+    config = RecoveryConfig(method="spy-mix", iterations=3, batch_size=8, mix=kind, teacher_views=views)
+    recover(student, teacher, tiny, config, identity, normalize, seed=0)
+    shown = torch.cat(spy_method["student"])
+    targets = torch.cat(spy_method["teacher"])
+    originals = normalize(tiny).flatten(1)
+    blended = [not (row == originals).all(1).any() for row in shown.flatten(1)]
+    assert sum(blended) > len(blended) // 2
+    assert all((row == targets.flatten(1)).all(1).any() for row in shown.flatten(1)), \
+        "every image the student saw had its teacher target computed on it"
+
+
+def test_mixing_with_a_label_trained_recovery_is_refused(pair, images):
+    teacher, student = pair
+    with pytest.raises(ConfigError, match="recovery.mix mixup blends images, and BP recovery learns from their labels"):
+        recover(student, teacher, images, RecoveryConfig(method="bp", mix="mixup", iterations=2), identity,
+                normalize, labels=torch.zeros(len(images), dtype=torch.int64))
+
+
+def test_a_mixed_recovery_interrupted_and_resumed_ends_as_an_uninterrupted_one(pair, images, tmp_path):
+    """Blends are drawn from torch's generator, whose state the checkpoint keeps (plain loop)."""
+    teacher, student = pair
+    config = RecoveryConfig(iterations=8, batch_size=8, lr=0.01, checkpoint_every=100, teacher_views=0, mix="mixup")
+    recover(student, teacher, images, config, identity, normalize, seed=5)
+    resumed = drop_blocks(teacher, ["layer1.1", "layer2.1"])
+    checkpoint = tmp_path / "recovery.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        recover(resumed, teacher, images, config, identity, normalize, seed=5,
+                progress=interrupting_progress("Recovering", 3), checkpoint=checkpoint)
+    result = recover(resumed, teacher, images, config, identity, normalize, seed=5, checkpoint=checkpoint)
+    assert result.resumed_from == 3
+    for key, value in student.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
