@@ -294,6 +294,23 @@ def _mir_loss(adapter, student, x, wanted, target, config) -> torch.Tensor:
     return F.mse_loss(adapter.features(student, x).float(), wanted)
 
 
+def _stage_features(adapter, teacher, x, config) -> torch.Tensor:
+    """Every stage's output and the feature map, flattened side by side (one row per image), so a
+    pool of views keeps them as one tensor."""
+    return torch.cat([t.float().flatten(1) for t in adapter.stage_features(teacher, x)], dim=1)
+
+
+def _mir_stages_loss(adapter, student, x, wanted, target, config) -> torch.Tensor:
+    """The sum of the feature MSEs at every stage's output and at the feature map."""
+    loss, start = None, 0
+    for got in adapter.stage_features(student, x):
+        got = got.float().flatten(1)
+        term = F.mse_loss(got, wanted[:, start:start + got.shape[1]])
+        loss = term if loss is None else loss + term
+        start += got.shape[1]
+    return loss
+
+
 def _soft_labels(adapter, teacher, x, config) -> torch.Tensor:
     return F.softmax(teacher(x).float() / config.kd_temperature, dim=1)
 
@@ -308,6 +325,7 @@ def _bp_loss(adapter, student, x, wanted, target, config) -> torch.Tensor:
 
 
 register_recovery("mir", RecoveryMethod(_mir_loss, _features, default_lr=0.02, features_only=True))
+register_recovery("mir-stages", RecoveryMethod(_mir_stages_loss, _stage_features, default_lr=0.02, features_only=True))
 register_recovery("kd", RecoveryMethod(_kd_loss, _soft_labels, default_lr=0.02))
 register_recovery("bp", RecoveryMethod(_bp_loss, default_lr=0.002, needs_labels=True))
 register_recovery("none", RecoveryMethod(None))

@@ -103,7 +103,7 @@ def _weights(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("method", ["mir", "kd"])
+@pytest.mark.parametrize("method", ["mir", "mir-stages", "kd"])
 def test_a_pool_of_one_unaugmented_view_trains_exactly_as_the_plain_loop(assets_dir, images, method):
     """With nothing random in the augmentation, drawing (view, image) from a one-view pool is the
     plain loop's draw of an image: the same batches and targets, so the same weights bit for bit."""
@@ -273,3 +273,81 @@ def test_a_mixed_recovery_interrupted_and_resumed_ends_as_an_uninterrupted_one(p
     assert result.resumed_from == 3
     for key, value in student.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+# --- mimicking every stage (mir-stages) --------------------------------------------------------------
+
+def test_stage_features_are_each_stages_output_then_the_feature_map(pair):
+    from dfpractise.models.adapter import adapter_for
+
+    teacher, student = pair
+    adapter = adapter_for(teacher)
+    assert adapter.stage_ends == ["layer2.0", "layer3.0"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stem = torch.relu(teacher.bn1(teacher.conv1(x)))
+        first = teacher.layer1(stem)
+        second = teacher.layer2(first)
+        got = adapter.stage_features(teacher, x)
+        assert [tuple(t.shape) for t in got] == [(2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8)]
+        torch.testing.assert_close(got[0], first)
+        torch.testing.assert_close(got[1], second)
+        torch.testing.assert_close(got[2], adapter.features(teacher, x))
+        pruned = adapter.stage_features(student, x)  # layer1.1 and layer2.1 are gone; the openers stay
+    assert [t.shape for t in pruned] == [t.shape for t in got]
+    assert not torch.allclose(pruned[0], got[0])
+
+
+def test_stage_ends_survive_any_drop_when_first_blocks_may_go(assets_dir):
+    """With ``keep_stage_first`` off, a stage's first block may be dropped too; a stage end is never
+    a unit, so a pruned copy still offers every stage's output."""
+    from dfpractise.models.adapter import adapter_for
+
+    teacher = create_model("cifar10_resnet20", weights=None).eval()
+    adapter = adapter_for(teacher, keep_stage_first=False)
+    units = {b.module for b in adapter.blocks}
+    assert "layer1.0" in units and adapter.stage_ends == ["layer2.0", "layer3.0"]
+    pruned = adapter.drop([b.name for b in adapter.blocks])
+    with torch.no_grad():
+        assert len(adapter.stage_features(pruned, torch.randn(1, 3, 32, 32))) == 3
+
+
+def test_mir_stages_lowers_the_error_at_every_stage_and_keeps_the_head(pair, images):
+    from dfpractise.models.adapter import adapter_for
+
+    teacher, student = pair
+    adapter = adapter_for(teacher)
+    head = student.linear.weight.clone()
+    x = normalize(images)
+
+    def errors():
+        with torch.no_grad():
+            return [torch.nn.functional.mse_loss(s, t).item() for s, t in
+                    zip(adapter.stage_features(student.eval(), x), adapter.stage_features(teacher, x))]
+
+    before = errors()
+    recover(student, teacher, images, RecoveryConfig(method="mir-stages", iterations=30, batch_size=8, lr=0.01),
+            identity, normalize, seed=0)
+    after = errors()
+    assert all(a < b for a, b in zip(after, before)), (before, after)
+    assert torch.equal(student.linear.weight, head)
+
+
+def test_mir_stages_is_mir_on_a_model_of_one_stage():
+    """A model whose units all sit in one stage has no stage end: only the feature map is mimicked,
+    step for step as MiR does."""
+    from dfpractise.models.adapter import adapter_for, set_spec
+    from dfpractise.models.registry import ModelSpec
+    from test_public_api import TinyNet
+
+    torch.manual_seed(0)
+    teacher = set_spec(TinyNet().eval(), ModelSpec("tiny", 16, (0.5,) * 3, (0.25,) * 3, 4))
+    adapter = adapter_for(teacher)
+    assert adapter.stage_ends == []
+    tiny = torch.rand(12, 3, 16, 16)
+    plain, staged = (adapter.drop([adapter.blocks[0].name]) for _ in range(2))
+    for student, method in ((plain, "mir"), (staged, "mir-stages")):
+        recover(student, teacher, tiny, RecoveryConfig(method=method, iterations=4, batch_size=4, lr=0.01),
+                identity, normalize, seed=1, adapter=adapter)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(staged.state_dict()[key], value), key

@@ -152,6 +152,33 @@ class ModelAdapter:
             handle.remove()
         raise ModelError(f"the feature point {point.module} was not reached")
 
+    @property
+    def stage_ends(self) -> list[str]:
+        """Modules whose input is a stage's output: each stage's next opener, where no unit is (an
+        opener that may be dropped would be missing from a pruned copy)."""
+        units = {b.module for b in self.blocks}
+        return [s.following for s in self.stages if s.following and s.following not in units]
+
+    def stage_features(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every stage that another stage follows, then the feature map, in one forward
+        of ``model`` (this model or a pruned copy of it, which keeps the stage openers)."""
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(name: str) -> Any:
+            def hook(module: nn.Module, args: tuple) -> None:
+                if args and torch.is_tensor(args[0]):
+                    seen[name] = args[0]
+            return hook
+
+        names = self.stage_ends
+        handles = [model.get_submodule(n).register_forward_pre_hook(keep(n)) for n in names]
+        try:
+            final = self.features(model, x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [seen[n] for n in names if n in seen] + [final]
+
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The feature extractor's parameters (everything but the head), in a stable order."""
         head = {id(p) for name in self.head_modules if _has(model, name)
