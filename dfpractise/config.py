@@ -58,6 +58,7 @@ BackendName = registered("backends", "BACKENDS")
 Precision = Literal["auto", "fp32", "bf16"]  # read by dfpractise.precision
 LatencyProfile = Literal["auto", "hooks", "variants"]  # dfpractise.latency.PROFILES
 Mixing = Literal["none", "mixup", "cutmix"]  # read by dfpractise.augment.mixing
+RecoveryMix = Literal["auto", Mixing]  # auto: dfpractise.recovery.mix_of
 
 
 def _open_unit_interval(value: float | None) -> float | None:
@@ -215,8 +216,9 @@ class RecoveryConfig(Settings):
     """Recovery of the pruned network (PRACTISE.md section 4)."""
 
     method: RecoveryName = Field(
-        "mir", description="Recovery of the pruned network: mir mimics the teacher's features, kd its logits, "
-        "bp trains on labels.")
+        "mir-stages", description="Recovery of the pruned network: mir-stages mimics the teacher's features at "
+        "every stage's output and at the end, mir at the end only (the paper's MiR), kd its logits, bp trains on "
+        "labels.")
     iterations: int = Field(2000, ge=0, description="Recovery training steps.")
     batch_size: int = Field(64, ge=1, description="Batch size of recovery.")
     lr: float | None = Field(None, gt=0, description="Learning rate (default: the recovery method's own).")
@@ -227,10 +229,10 @@ class RecoveryConfig(Settings):
     kd_temperature: float = Field(4.0, gt=0, description="Softmax temperature of kd.")
     checkpoint_every: int = Field(200, ge=0, description="Iterations between recovery checkpoints (0: only on "
                                   "interruption).")
-    mix: Mixing = Field("none", description="Blend pairs of tiny-set images into new inputs after augmentation "
-                        "(mixup, cutmix; dfpractise.augment.mixing); the teacher's outputs on the blends are "
-                        "what the student learns, so no labels are needed. Methods that train on labels (bp) "
-                        "take none.")
+    mix: RecoveryMix = Field("auto", description="Blend pairs of tiny-set images into new inputs after augmentation "
+                             "(mixup, cutmix; dfpractise.augment.mixing); the teacher's outputs on the blends are "
+                             "what the student learns, so no labels are needed. auto: mixup for methods that learn "
+                             "from the teacher (mir-stages, mir, kd), none for those that train on labels (bp).")
     teacher_views: int = Field(32, ge=0, description="Augmented copies of the tiny set whose teacher outputs are "
                                "computed once and drawn from, as many as fit in memory (0: augment and run the "
                                "teacher every step).")

@@ -108,6 +108,7 @@ class RecoveryResult:
     resumed_from: int = 0
     seconds: float = 0.0
     precision: str = "fp32"  # what the heavy ops ran in (dfpractise.precision)
+    mix: str = "none"  # how tiny-set images were blended (mix_of)
 
 
 def recover(
@@ -139,7 +140,7 @@ def recover(
     if spec.needs_labels and labels is None:
         raise ConfigError(f"{method.upper()} recovery needs labelled images; this tiny set has no labels "
                           f"(use {' or '.join(label_free_methods())})")
-    mix = mixing(config.mix)
+    mix = mixing(mix_of(config))
     if mix is not None:
         augment = _then(augment, mix)
     device = torch.device(device)
@@ -160,7 +161,7 @@ def recover(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    result = RecoveryResult(method, config.iterations, None, precision=precisions.name(dtype))
+    result = RecoveryResult(method, config.iterations, None, precision=precisions.name(dtype), mix=mix_of(config))
     pool = None
     if config.teacher_views and spec.teacher_output is not None:  # drawn before a checkpoint's RNG state returns
         pool = _teacher_pool(adapter, teacher, images, spec.teacher_output, config, augment, normalize, dtype,
@@ -247,11 +248,20 @@ def recover(
 def check_settings(config: RecoveryConfig) -> RecoveryMethod:
     """The method ``config`` names, once its settings are known to go together (said before any work)."""
     spec = RECOVERY_METHODS.get(config.method)
-    if config.mix != "none" and spec.teacher_output is None and spec.loss is not None:
+    if config.mix not in ("auto", "none") and spec.teacher_output is None and spec.loss is not None:
         raise ConfigError(f"recovery.mix {config.mix} blends images, and {config.method.upper()} recovery learns "
                           "from their labels, which a blend does not have; use mix none, or "
                           f"{' or '.join(label_free_methods())}")
     return spec
+
+
+def mix_of(config: RecoveryConfig) -> str:
+    """The blending ``config`` asks for; ``auto`` is mixup where the method learns the teacher's
+    outputs (chosen on held-out images, BENCHMARKS.md "Recovery settings") and none where it learns
+    labels, which a blend does not have."""
+    if config.mix != "auto":
+        return config.mix
+    return "mixup" if RECOVERY_METHODS.get(config.method).teacher_output is not None else "none"
 
 
 def _then(first: Callable[[torch.Tensor], torch.Tensor],

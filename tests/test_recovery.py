@@ -109,7 +109,7 @@ def test_a_pool_of_one_unaugmented_view_trains_exactly_as_the_plain_loop(assets_
     plain loop's draw of an image: the same batches and targets, so the same weights bit for bit."""
     teacher = create_model("cifar10_resnet20", weights="cifar10jpeg-resnet20").eval()
     plain, pooled = (drop_blocks(teacher, ["layer1.1"]) for _ in range(2))
-    config = RecoveryConfig(method=method, iterations=4, batch_size=8, lr=0.01, teacher_views=0)
+    config = RecoveryConfig(method=method, iterations=4, batch_size=8, lr=0.01, teacher_views=0, mix="none")
     recover(plain, teacher, images, config, identity, normalize, seed=2)
     recover(pooled, teacher, images, config.replace(teacher_views=1), identity, normalize, seed=2)
     for key, value in plain.state_dict().items():
@@ -172,15 +172,16 @@ def test_a_pool_too_large_for_memory_keeps_the_views_that_fit_and_says_so(pair, 
         augmented["n"] += 1
         return x
 
-    recover(student, teacher, images, RecoveryConfig(iterations=2, teacher_views=50), counting, normalize,
-            progress=Recording(quiet=True))
+    recover(student, teacher, images, RecoveryConfig(method="mir", iterations=2, teacher_views=50), counting,
+            normalize, progress=Recording(quiet=True))
     assert augmented["n"] == 2 * len(images.split(256)), "two views fit, so two are made"
     assert any("50 teacher views" in m and "keeping 2" in m for m in logged)
     monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 0.5 * per_view)
     logged.clear()
     augmented["n"] = 0
-    recover(drop_blocks(teacher, ["layer1.1"]), teacher, images, RecoveryConfig(iterations=3, teacher_views=50),
-            counting, normalize, progress=Recording(quiet=True))
+    recover(drop_blocks(teacher, ["layer1.1"]), teacher, images,
+            RecoveryConfig(method="mir", iterations=3, teacher_views=50), counting, normalize,
+            progress=Recording(quiet=True))
     assert any("running the teacher every step" in m for m in logged)
     assert augmented["n"] == 1 + 3, "one probe view, then the plain loop augments every step"
 
@@ -257,6 +258,21 @@ def test_mixing_with_a_label_trained_recovery_is_refused(pair, images):
     with pytest.raises(ConfigError, match="recovery.mix mixup blends images, and BP recovery learns from their labels"):
         recover(student, teacher, images, RecoveryConfig(method="bp", mix="mixup", iterations=2), identity,
                 normalize, labels=torch.zeros(len(images), dtype=torch.int64))
+
+
+def test_auto_mix_blends_for_methods_that_learn_the_teacher_and_not_for_labels(pair, images):
+    from dfpractise.recovery import mix_of
+
+    assert [mix_of(RecoveryConfig(method=m)) for m in ("mir-stages", "mir", "kd", "bp", "none")] == \
+        ["mixup", "mixup", "mixup", "none", "none"]
+    assert mix_of(RecoveryConfig(method="mir", mix="cutmix")) == "cutmix"
+    teacher, student = pair
+    labels = torch.randint(0, 10, (len(images),))
+    result = recover(student, teacher, images, RecoveryConfig(method="bp", iterations=2, batch_size=8), identity,
+                     normalize, labels=labels)
+    assert result.mix == "none", "the default mix never blocks a label-trained recovery"
+    result = recover(student, teacher, images, RecoveryConfig(iterations=2, batch_size=8), identity, normalize)
+    assert (result.method, result.mix) == ("mir-stages", "mixup")
 
 
 def test_a_mixed_recovery_interrupted_and_resumed_ends_as_an_uninterrupted_one(pair, images, tmp_path):

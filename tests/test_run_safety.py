@@ -65,14 +65,14 @@ def test_a_recovery_that_diverges_stops_naming_phase_and_iteration_and_keeps_the
         value = student(x).float().pow(2).mean()
         return value * float("nan") if calls["n"] == 5 else value * 1e-6
 
-    monkeypatch.setitem(RECOVERY_METHODS._entries, "mir", RecoveryMethod(nan_at_five, features_only=True))
+    config = _config(assets_dir).recovery
+    monkeypatch.setitem(RECOVERY_METHODS._entries, config.method, RecoveryMethod(nan_at_five, features_only=True))
     teacher, _, _ = load_model("cifar10_resnet20", "cifar10jpeg-resnet20")
     student = copy.deepcopy(teacher)
-    config = _config(assets_dir).recovery
     checkpoint = tmp_path / "recovery.ckpt"
     images = torch.rand(8, 3, 32, 32)
-    with pytest.raises(DivergedError, match=r"recovery \(mir\) stopped at iteration 5 of 6: the loss became nan") \
-            as error:
+    with pytest.raises(DivergedError, match=rf"recovery \({config.method}\) stopped at iteration 5 of 6: the loss "
+                       "became nan") as error:
         recover(student, teacher, images, config, lambda x: x, lambda x: x, checkpoint=checkpoint)
     assert str(checkpoint) in str(error.value)
     state = torch.load(checkpoint, weights_only=True)
@@ -86,7 +86,7 @@ def test_a_nan_recovery_is_an_error_not_a_saved_model(tmp_path, assets_dir):
                   "--data", assets_dir / "cifar10-jpeg" / "train", "--num-images", "12", "--drop", "1",
                   "--score-iterations", "1", "--recovery-iterations", "30", "--latency-repeats", "1",
                   "--batch-size", "4", "--set", "recovery.lr=1e9", "--out", out, "--quiet")
-    _one_line_error(result, "recovery (mir) stopped at iteration", "lower recovery.lr")
+    _one_line_error(result, "recovery (mir-stages) stopped at iteration", "lower recovery.lr")
     assert not (out / "model.safetensors").exists() and not (out / "report.json").exists()
     assert (out / "selection.json").exists(), "the finished phases stay for a rerun"
 

@@ -1,0 +1,137 @@
+"""Recovery settings chosen on a held-out slice of the training images, never on val.
+
+Recovery alone, on the selection and tiny set of one run (same blocks, same images, same seed),
+once per variant of the recovery settings. Each recovered model is scored on a held-out slice of
+the training folder that shares no image with the tiny set (what settings are chosen on) and on
+the run's evaluation folder (reported beside it, never chosen on). The selection is made first by
+``dfpractise.compress`` with the recipe and ``--set`` overrides and one recovery step (its folder is
+kept and reused); results are appended one variant at a time, so an interrupted run continues
+where it stopped.
+
+    python -m benchmarks.recovery_settings --name n50-t40-s1 --recipe recipes/resnet56-real500.yaml \
+        --set data.num_images=50 latency_reduction=0.4 --variants mir:method=mir,mix=none mixup:method=mir
+    python -m benchmarks.write_benchmarks
+
+A variant is ``LABEL:key=value,key=value`` over the ``recovery`` section (values read as YAML);
+``LABEL:`` alone is the recipe's own settings. Run on a quiet machine: two torch processes on two
+cores slow each other several times over (the seconds are recorded, not compared across runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks import engine_grid
+from benchmarks.speed import holdout_slice, load_average
+
+ROOT = Path(__file__).resolve().parents[1]
+RECOVERY_ITERATIONS = 2000
+"""Recovery steps of every variant unless it says otherwise (the selection ran one)."""
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``LABEL:key=value,...`` -> (label, {key: value}) with YAML values."""
+    label, _, rest = text.partition(":")
+    changes = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        changes[key.strip()] = yaml.safe_load(value)
+    return label, changes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="key of this selection in the results file")
+    parser.add_argument("--recipe", type=Path, required=True)
+    parser.add_argument("--set", dest="pairs", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings over the recipe's, as `dfpractise run --set`")
+    parser.add_argument("--variants", nargs="+", default=["base:"])
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "recovery_settings.json")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-recovery-settings")
+    args = parser.parse_args()
+    results = engine_grid.load_results(args.results, empty={"selections": {}})
+    entry = results["selections"].setdefault(args.name, {"variants": {}})
+    entry["command"] = " ".join(["--recipe", str(args.recipe), *(["--set", *args.pairs] if args.pairs else [])])
+    run = select(args.recipe, args.pairs, args.runs_dir / args.name)
+    recover_variants(run, args.runs_dir / args.name / "holdout", args.variants, entry,
+                     lambda: engine_grid.save_results(results, args.results))
+
+
+def select(recipe: Path, pairs: list[str], out: Path) -> Path:
+    """A finished run folder of ``recipe`` with ``pairs`` and one recovery step: its selection and
+    tiny set are what every variant recovers from."""
+    from dfpractise.cli import settings_from_options
+    from dfpractise.engine import compress
+    from dfpractise.progress import Progress
+    from dfpractise.recipe import resolve_config
+
+    overrides = settings_from_options({}, tuple(pairs))
+    overrides.setdefault("recovery", {})["iterations"] = 1
+    folder = out / "selection"
+    compress(resolve_config(recipe, overrides), folder, progress=Progress(quiet=True), resume=True)
+    return folder
+
+
+def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: dict, save) -> None:
+    """Recover the run's selection once per variant; each result goes into ``entry`` and is saved."""
+    from dfpractise.augment import normalize, train_augmentation
+    from dfpractise.engine import load_teacher, load_tiny_set
+    from dfpractise.evaluate import evaluate_models, load_labelled_folder
+    from dfpractise.models.adapter import adapter_for
+    from dfpractise.progress import Progress
+    from dfpractise.recipe import resolve_config
+    from dfpractise.recovery import recover
+    from dfpractise.runs import load_run
+
+    loaded = load_run(run)
+    config = resolve_config(run / "recipe.yaml", {})
+    teacher, _, _ = load_teacher(config.model, config.weights, config)
+    spec = teacher.model_spec
+    tiny = load_tiny_set(config, teacher, progress=Progress(quiet=True))
+    if config.data.source in ("real", "ood"):
+        train = Path(config.data.path)
+        tiny_files = tiny.files
+    else:  # a synthetic set: any training images are held out
+        train = Path(config.data.eval_path).parent / "train"
+        tiny_files = []
+    holdout = load_labelled_folder(holdout_slice(tiny_files, train, holdout_dir), spec.input_size)
+    val = load_labelled_folder(config.data.eval_path, spec.input_size)
+    quiet = Progress(quiet=True)
+    dropped = loaded.manifest["dropped"]
+    done = entry["variants"]
+    entry.update({"dropped": dropped, "source": config.data.source,
+                  "num_images": len(tiny), "model": config.model, "weights": config.weights,
+                  "holdout_images": len(holdout.images), "machine": engine_grid.machine()})
+
+    def accuracy(model) -> dict:
+        return {name: evaluate_models({"m": model}, data, spec.mean, spec.std, spec.input_size,
+                                      progress=quiet)["m"]["top1"] for name, data in (("holdout", holdout), ("val", val))}
+
+    if "teacher" not in entry:
+        entry["teacher"] = accuracy(teacher)
+    adapter = adapter_for(teacher)
+    for variant in variants:
+        label, changes = parse_variant(variant)
+        if label in done:
+            print(f"skip {label} (done)", flush=True)
+            continue
+        settings = config.recovery.replace(iterations=RECOVERY_ITERATIONS).replace(**changes)
+        student = adapter.drop(dropped)
+        load_before = load_average()
+        result = recover(student, teacher, tiny.images, settings, train_augmentation(spec.input_size),
+                         lambda x: normalize(x, spec.mean, spec.std), labels=tiny.labels, seed=config.seed,
+                         adapter=adapter, precision=config.precision, progress=Progress(quiet=not sys.stdout.isatty()))
+        done[label] = {"changes": changes, "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
+                       "top1": accuracy(student), "load_before": load_before, "load_after": load_average(),
+                       "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.commit()}
+        save()
+        print(label, done[label], flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The BENCHMARKS.md section for ``recovery_settings.py``: recovery variants on fixed selections."""
+
+from __future__ import annotations
+
+import statistics
+
+
+def _changes(changes: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "(the run's own)"
+
+
+def section(record: dict) -> list[str]:
+    selections = (record or {}).get("selections") or {}
+    if not selections:
+        return []
+    any_entry = next(iter(selections.values()))
+    rows = [v for entry in selections.values() for v in entry["variants"].values()]
+    lines = [
+        "## Recovery settings, chosen on held-out training images",
+        "",
+        "Recovery alone, on the selection and tiny set of a finished run (same blocks, images and seed), once per "
+        "variant of the recovery settings. Settings are chosen on **held-out** top-1: a slice of "
+        "`cifar10-jpeg/train` (200 images per class) that shares no image with the tiny set. These teachers were "
+        "fine-tuned on the training images, so the slice is easier than val and its differences are compressed; "
+        "top-1 on `cifar10-jpeg/val` is reported beside it and was not used to choose.",
+        "",
+        f"Machine: {any_entry.get('machine')}. Dates: {', '.join(sorted({r['date'] for r in rows}))}. "
+        f"Commits: {', '.join(sorted({'`' + r['commit'] + '`' for r in rows}))}.",
+        "Command: `python -m benchmarks.recovery_settings RUN_DIR --name NAME --variants ...` on each selection "
+        "(`--variants` below), then `python -m benchmarks.write_benchmarks`. Raw results: "
+        "`benchmarks/results/recovery_settings.json`. Each selection's run folder was made by "
+        "`dfpractise run` with the recipe and overrides named, and `--set recovery.iterations=1` (only its "
+        "selection and tiny set are used).",
+        "",
+    ]
+    labels: list[str] = []
+    for entry in selections.values():
+        labels += [label for label in entry["variants"] if label not in labels]
+    for name, entry in selections.items():
+        teacher = entry.get("teacher") or {}
+        lines += [
+            f"**{name}**: {entry['model']} ({entry['weights']}), {entry['num_images']} {entry['source']} images, "
+            f"{len(entry['dropped'])} blocks dropped ({', '.join(entry['dropped'])}); teacher held-out "
+            f"{teacher.get('holdout', float('nan')):.2f}, val {teacher.get('val', float('nan')):.2f}; "
+            f"{entry.get('command', '')}",
+            "",
+            "| variant | settings | held-out top-1 | val top-1 | recovery (s) |",
+            "|---|---|---|---|---|",
+        ]
+        for label, row in entry["variants"].items():
+            lines.append(f"| {label} | {_changes(row['changes'])} | {row['top1']['holdout']:.2f} | "
+                         f"{row['top1']['val']:.2f} | {row['seconds']:.0f} |")
+        lines.append("")
+    shared = [label for label in labels if all(label in e["variants"] for e in selections.values())]
+    if len(selections) > 1 and shared:
+        lines += [
+            "Mean over the selections, for the variants run on all of them:",
+            "",
+            "| variant | mean held-out top-1 | mean val top-1 |",
+            "|---|---|---|",
+        ]
+        for label in shared:
+            held = statistics.mean(e["variants"][label]["top1"]["holdout"] for e in selections.values())
+            val = statistics.mean(e["variants"][label]["top1"]["val"] for e in selections.values())
+            lines.append(f"| {label} | {held:.2f} | {val:.2f} |")
+    return lines
