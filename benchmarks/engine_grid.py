@@ -76,6 +76,7 @@ def summarise(report: dict, wall: float) -> dict:
         "reduction": report["latency"]["reduction"],
         "reduction_spread": report["latency"]["reduction_spread"],
         "selection_reduction": report["latency"]["selection_reduction"],
+        "predicted_reduction": report["latency"].get("predicted_reduction"),
         "teacher_ms": report["teacher"]["latency_ms"],
         "pruned_ms": report["pruned"]["latency_ms"],
         "dropped": report["dropped"],

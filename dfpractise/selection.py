@@ -66,13 +66,14 @@ class Selection:
     FILE = "selection.json"
     dropped: list[str]
     measured: MeasuredCut
+    predicted: float | None = None  # the cut (fraction) the latency model predicted for ``dropped``
 
     def to_json(self) -> dict[str, Any]:
-        return {"dropped": list(self.dropped), "measured": self.measured.to_json()}
+        return {"dropped": list(self.dropped), "measured": self.measured.to_json(), "predicted": self.predicted}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Selection":
-        return cls(list(data["dropped"]), MeasuredCut.from_json(data["measured"]))
+        return cls(list(data["dropped"]), MeasuredCut.from_json(data["measured"]), data.get("predicted"))
 
 
 class Measure(Protocol):
@@ -272,7 +273,7 @@ def select_blocks(
     by_name = {s.name: s for s in scores}
     summed_all = sum(s.delta_lat for s in scores)
     scale = all_dropped_cut_percent / summed_all if summed_all > 0 else 1.0
-    feasible: list[tuple[float, list[str]]] = []
+    feasible: list[tuple[float, list[str], float]] = []
     seen: set[tuple[str, ...]] = set()
     upper = goal_percent + window if window is not None else None
     for _ in range(4):
@@ -284,15 +285,16 @@ def select_blocks(
         measured = measure(dropped)
         cut = 100.0 * measured.reduction
         summed = sum(by_name[n].delta_lat for n in dropped)
-        log(f"{len(dropped)} blocks: predicted cut {summed * scale:.1f}%, measured {cut:.1f}%")
+        predicted = summed * scale / 100.0
+        log(f"{len(dropped)} blocks: predicted cut {100 * predicted:.1f}%, measured {cut:.1f}%")
         if cut >= goal:
-            feasible.append((sum(by_name[n].cost for n in dropped), dropped))
+            feasible.append((sum(by_name[n].cost for n in dropped), dropped, predicted))
         if cut > 0 and summed > 0:
             scale = cut / summed
-    for _, dropped in sorted(feasible, key=lambda f: f[0]):
+    for _, dropped, predicted in sorted(feasible, key=lambda f: f[0]):
         confirmed = measure(dropped, rounds=2)
         if confirmed.reduction * 100.0 >= goal:
-            return Selection(dropped, confirmed)
+            return Selection(dropped, confirmed, predicted)
         measured = confirmed
         log(f"re-measured {100 * confirmed.reduction:.1f}% < {goal:.1f}%: not confirmed")
     order = {s.name: s.step for s in scores}
@@ -307,4 +309,4 @@ def select_blocks(
         dropped = sorted(dropped + [extra.name], key=order.__getitem__)
         measured = measure(dropped, rounds=2)
         if measured.reduction * 100.0 >= goal:
-            return Selection(dropped, measured)
+            return Selection(dropped, measured, sum(by_name[n].delta_lat for n in dropped) * scale / 100.0)

@@ -107,3 +107,4 @@ def test_a_cheap_coarse_block_does_not_push_the_cut_far_past_the_target():
     assert 100 * wide.measured.reduction == pytest.approx(36.0), "without a window: six 6% blocks"
     tight = select_blocks(scores, additive, target=0.30, all_dropped_cut_percent=total, window=3.0)
     assert 31.0 <= 100 * tight.measured.reduction <= 33.0
+    assert tight.predicted == pytest.approx(tight.measured.reduction), "cuts add up here: the prediction is exact"
