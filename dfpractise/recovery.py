@@ -88,6 +88,11 @@ POOL_BYTES_MAX = 4 * 1024**3
 """Largest pool of teacher views (inputs and outputs, float32) recovery keeps in memory; a pool
 of ``teacher_views`` that would not fit keeps fewer views."""
 
+POOL_VIEWS_MIN = 8
+"""Fewest views worth pooling: with fewer, every image would be seen in a handful of fixed crops
+for thousands of steps (8 views cost 0.35 points of held-out top-1 against 32 on ResNet-56, see
+BENCHMARKS.md "Speed of a run"), so the teacher runs every step instead."""
+
 
 RECOVERY_METHODS: Registry[RecoveryMethod] = Registry(
     "recovery method", "recovery methods", unknown=ConfigError, invalid=ConfigError
@@ -362,8 +367,8 @@ def _teacher_pool(adapter: ModelAdapter, teacher: nn.Module, images: torch.Tenso
 
     Augmentation draws from torch's generator, seeded by ``recover`` just before: the pool is the
     same on every rank and when a resumed run builds it again. Only as many views as fit in
-    ``POOL_BYTES_MAX`` are made (said in the log); None, and the teacher runs every step, when not
-    even one does.
+    ``POOL_BYTES_MAX`` are made (said in the log); None, and the teacher runs every step, when fewer
+    than ``POOL_VIEWS_MIN`` do.
     """
     progress = progress or Progress()
     chunks = images.split(max(config.batch_size, 256))
@@ -382,10 +387,12 @@ def _teacher_pool(adapter: ModelAdapter, teacher: nn.Module, images: torch.Tenso
         per_view = (x[0].numel() + y[0].numel()) * 4 * len(images)
         fits = int(POOL_BYTES_MAX // per_view)
         if fits < views:
+            enough = fits >= min(views, POOL_VIEWS_MIN)
             progress.log(f"recovery: {views} teacher views of {len(images)} images would need "
-                         f"{views * per_view / 1024**3:.1f} GiB; " + (f"keeping {fits}" if fits else
-                         "running the teacher every step instead") + f" (at most {POOL_BYTES_MAX / 1024**3:.0f} GiB)")
-            views = fits
+                         f"{views * per_view / 1024**3:.1f} GiB; " + (f"keeping {fits}" if enough else
+                         f"{fits} fit, too few to draw from for {config.iterations} steps: running the teacher "
+                         "every step instead") + f" (at most {POOL_BYTES_MAX / 1024**3:.0f} GiB)")
+            views = fits if enough else 0
         if views == 0:
             return None
         with progress.task("Teacher views", total=views) as task:

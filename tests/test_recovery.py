@@ -155,12 +155,12 @@ def test_a_pooled_recovery_interrupted_and_resumed_ends_as_an_uninterrupted_one(
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
-def test_a_pool_too_large_for_memory_keeps_the_views_that_fit_and_says_so(pair, images, monkeypatch):
+def test_a_pool_too_large_for_memory_keeps_the_views_that_fit_or_none_if_too_few_and_says_so(pair, images, monkeypatch):
     import dfpractise.recovery as recovery
     from dfpractise.progress import Progress
 
     per_view = (3 * 32 * 32 + 64 * 8 * 8) * 4 * len(images)  # input and ResNet-20 features, float32
-    monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 2.5 * per_view)
+    monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 10.5 * per_view)
     teacher, student = pair
     logged, augmented = [], {"n": 0}
 
@@ -174,16 +174,21 @@ def test_a_pool_too_large_for_memory_keeps_the_views_that_fit_and_says_so(pair, 
 
     recover(student, teacher, images, RecoveryConfig(method="mir", iterations=2, teacher_views=50), counting,
             normalize, progress=Recording(quiet=True))
-    assert augmented["n"] == 2 * len(images.split(256)), "two views fit, so two are made"
-    assert any("50 teacher views" in m and "keeping 2" in m for m in logged)
-    monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 0.5 * per_view)
+    assert augmented["n"] == 10 * len(images.split(256)), "ten views fit, so ten are made"
+    assert any("50 teacher views" in m and "keeping 10" in m for m in logged)
+    monkeypatch.setattr(recovery, "POOL_BYTES_MAX", 3.5 * per_view)
     logged.clear()
     augmented["n"] = 0
     recover(drop_blocks(teacher, ["layer1.1"]), teacher, images,
             RecoveryConfig(method="mir", iterations=3, teacher_views=50), counting, normalize,
             progress=Recording(quiet=True))
-    assert any("running the teacher every step" in m for m in logged)
+    assert any("3 fit, too few to draw from for 3 steps: running the teacher every step" in m for m in logged)
     assert augmented["n"] == 1 + 3, "one probe view, then the plain loop augments every step"
+    logged.clear()
+    recover(drop_blocks(teacher, ["layer1.1"]), teacher, images,
+            RecoveryConfig(method="mir", iterations=3, teacher_views=3), counting, normalize,
+            progress=Recording(quiet=True))
+    assert not logged, "three views asked for, three fit: a pool of what was asked"
 
 
 def test_bf16_recovery_follows_the_fp32_one_within_bf16_rounding(pair, images):
