@@ -248,3 +248,52 @@ def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis
     assert "| r56 | 512 generator images | 89.36 | 87.00 | 2.36 | 31.0% | 60 | 99.0% | 35.9 | 3 | 300 |" in text
     assert "BN inversion / generator, each measured in its own run of this benchmark: r56 4.0x." in text
     assert data_free_report.section({}) == []
+
+
+def _engine_run(target: float, cut: float, predicted: float | None, confirmed: float, seed: int = 1,
+                scorer: str = "recoverability") -> dict:
+    return {"num_images": 50, "target": target, "seed": seed, "scorer": scorer, "recovery_iterations": 500,
+            "reduction": cut, "selection_reduction": confirmed, "predicted_reduction": predicted,
+            "dropped": ["a", "b"]}
+
+
+def test_the_landing_section_counts_runs_inside_the_window_and_close_predictions():
+    from benchmarks.write_benchmarks import landing_section
+
+    runs = {
+        "in": _engine_run(0.4, 0.42, 0.41, 0.415),
+        "below": _engine_run(0.4, 0.395, 0.43, 0.41, seed=2),
+        "above": _engine_run(0.25, 0.29, 0.262, 0.285, seed=3),
+        "old": _engine_run(0.25, 0.26, None, 0.26, scorer="random"),
+    }
+    text = "\n".join(landing_section(runs))
+    assert "inside [target, target + 3]: **2 of 4 runs** (50%); below the target: 1; above the window: 1" in text
+    assert "confirming measurement inside the window: 3 of 4" in text
+    assert "prediction within 2 points of the verified cut: **1 of 3 runs**" in text  # 'above' is 2.8 off
+    assert "| below | 40% | 2 | 43.0% | 41.0% | 39.5% | -0.5 |" in text
+    assert "| old | 25% | 2 | - | 26.0% | 26.0% | +1.0 |" in text
+
+
+def test_the_recovery_settings_section_shows_each_selection_and_the_shared_means():
+    from benchmarks import recovery_settings_report
+
+    def row(held: float, val: float, **changes) -> dict:
+        return {"changes": changes, "seconds": 80.0, "top1": {"holdout": held, "val": val}, "date": "2026-12-05",
+                "commit": "abc1234"}
+
+    def selection(model: str, rows: dict) -> dict:
+        return {"model": model, "weights": "w", "num_images": 50, "source": "real", "dropped": ["layer1.1"],
+                "teacher": {"holdout": 97.0, "val": 89.0}, "machine": "test box", "command": "--recipe r",
+                "variants": rows}
+
+    record = {"selections": {
+        "a": selection("m1", {"mir": row(90.0, 85.0, method="mir"), "stages": row(91.0, 85.5, method="mir-stages")}),
+        "b": selection("m2", {"mir": row(80.0, 75.0, method="mir"), "stages": row(82.0, 75.0, method="mir-stages"),
+                              "extra": row(70.0, 70.0, iterations=10)}),
+    }}
+    text = "\n".join(recovery_settings_report.section(record))
+    assert "| stages | method=mir-stages | 91.00 | 85.50 | 80 |" in text
+    assert "| extra | iterations=10 | 70.00 | 70.00 | 80 |" in text
+    assert "| mir | 85.00 | 80.00 |" in text and "| stages | 86.50 | 80.25 |" in text
+    assert "| extra |" not in text.split("Mean over the selections")[1], "only variants run on every selection"
+    assert recovery_settings_report.section({}) == []
