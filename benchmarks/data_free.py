@@ -78,7 +78,8 @@ def main() -> None:
             report = result.report
             tiny = report.get("tiny_set") or real_quality(config)
             results["runs"][key] = {
-                "teacher": teacher, "set": name, "seed": args.seed, "recipe": recipe, "num_images": report["num_images"],
+                "teacher": teacher, "set": name, "seed": args.seed, "label": args.label, "recipe": recipe,
+                "num_images": report["num_images"],
                 "tiny_set": tiny, "precision": report["recovery"].get("precision"),
                 **engine_grid.summarise(report, time.perf_counter() - start),
             }

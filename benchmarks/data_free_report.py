@@ -34,27 +34,45 @@ def section(record: dict) -> list[str]:
         "Command: `python -m benchmarks.data_free`, then `python -m benchmarks.write_benchmarks`. Raw results: "
         "`benchmarks/results/data_free.json`.",
         "",
-        "| teacher | tiny set | teacher top-1 | pruned top-1 | drop | measured cut | synthesis (s) | agreement | "
-        "BN distance | blocks | run (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| teacher | tiny set | code | teacher top-1 | pruned top-1 | drop | measured cut | synthesis (s) | "
+        "agreement | BN distance | blocks | run (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(SET_NAMES)
+
+    def version(run: dict) -> str:
+        return run.get("label") or "before"
+
     for key, run in sorted(runs.items(), key=lambda kv: (kv[1]["teacher"], order.index(kv[1]["set"])
-                                                          if kv[1]["set"] in order else 99, kv[0])):
+                                                          if kv[1]["set"] in order else 99, version(kv[1]) != "before",
+                                                          kv[0])):
         tiny = run.get("tiny_set") or {}
         agreement = tiny.get("agreement")
         lines.append(
-            f"| {run['teacher']} | {SET_NAMES.get(run['set'], run['set'])} | {run['teacher_top1']:.2f} | "
-            f"{run['pruned_top1']:.2f} | {run['drop_top1']:.2f} | {100 * run['reduction']:.1f}% | "
-            f"{_number(tiny.get('synthesis_seconds'), 0)} | {_number(100 * agreement if agreement is not None else None, 1)}% | "
+            f"| {run['teacher']} | {SET_NAMES.get(run['set'], run['set'])} | {version(run)} `{run['commit']}` | "
+            f"{run['teacher_top1']:.2f} | {run['pruned_top1']:.2f} | {run['drop_top1']:.2f} | "
+            f"{100 * run['reduction']:.1f}% | {_number(tiny.get('synthesis_seconds'), 0)} | "
+            f"{_number(100 * agreement if agreement is not None else None, 1)}% | "
             f"{_number(tiny.get('bn_distance'), 1)} | {len(run['dropped'])} | {run['wall_seconds']:.0f} |")
     ratios = []
-    for teacher in sorted({r["teacher"] for r in runs.values()}):
+    for teacher, label in sorted({(r["teacher"], version(r)) for r in runs.values()}):
         times = {r["set"]: (r.get("tiny_set") or {}).get("synthesis_seconds") for r in runs.values()
-                 if r["teacher"] == teacher}
+                 if r["teacher"] == teacher and version(r) == label}
         if times.get("synthetic") and times.get("generator"):
-            ratios.append(f"{teacher} {times['synthetic'] / times['generator']:.1f}x")
+            ratios.append(f"{teacher} ({label}) {times['synthetic'] / times['generator']:.1f}x")
     if ratios:
         lines += ["", "Synthesis time, BN inversion / generator, each measured in its own run of this benchmark: "
                   + ", ".join(ratios) + "."]
+    pairs = {}
+    for run in runs.values():
+        pairs.setdefault((run["teacher"], run["set"]), {})[version(run)] = run
+    labels = sorted({version(r) for r in runs.values()} - {"before"})
+    if labels:
+        lines += ["", "Top-1 drop (points) before and after, per teacher and tiny set:", "",
+                  "| teacher | tiny set | before | " + " | ".join(labels) + " |",
+                  "|---|---|---|" + "---|" * len(labels)]
+        for (teacher, name), by_label in sorted(pairs.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])
+                                                                               if kv[0][1] in order else 99)):
+            cells = [_number(by_label[v]["drop_top1"]) if v in by_label else "-" for v in ["before", *labels]]
+            lines.append(f"| {teacher} | {SET_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
     return lines

@@ -241,12 +241,18 @@ def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis
 
     record = {"runs": {"r56-generator": run("r56", "generator", 87.0, 60.0, 0.99),
                        "r56-real500": run("r56", "real500", 89.0, 0.0, 0.97),
-                       "r56-synthetic": run("r56", "synthetic", 88.0, 240.0, 1.0)}}
+                       "r56-synthetic": run("r56", "synthetic", 88.0, 240.0, 1.0),
+                       "r56-synthetic-after": {**run("r56", "synthetic", 88.5, 200.0, 1.0), "label": "after",
+                                               "commit": "def5678"}}}
     text = "\n".join(data_free_report.section(record))
-    rows = [line for line in text.splitlines() if line.startswith("| r56 |")]
-    assert [r.split(" | ")[1] for r in rows] == ["500 real images", "512 BN-inversion images", "512 generator images"]
-    assert "| r56 | 512 generator images | 89.36 | 87.00 | 2.36 | 31.0% | 60 | 99.0% | 35.9 | 3 | 300 |" in text
-    assert "BN inversion / generator, each measured in its own run of this benchmark: r56 4.0x." in text
+    rows = [line for line in text.splitlines() if line.startswith("| r56 |") and "`" in line]
+    assert [r.split(" | ")[1] for r in rows] == ["500 real images", "512 BN-inversion images", "512 BN-inversion images",
+                                                 "512 generator images"]
+    assert rows[2].split(" | ")[2] == "after `def5678`"
+    assert "| r56 | 512 generator images | before `abc1234` | 89.36 | 87.00 | 2.36 | 31.0% | 60 | 99.0% | 35.9 | 3 | " \
+           "300 |" in text
+    assert "each measured in its own run of this benchmark: r56 (before) 4.0x." in text
+    assert "| r56 | 512 BN-inversion images | 1.36 | 0.86 |" in text and "| r56 | 500 real images | 0.36 | - |" in text
     assert data_free_report.section({}) == []
 
 
