@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "recovery_settings.json")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-recovery-settings")
     args = parser.parse_args()
+    engine_grid.CODE_VERSION = engine_grid.commit()  # the code this process imported
     results = engine_grid.load_results(args.results, empty={"selections": {}})
     entry = results["selections"].setdefault(args.name, {"variants": {}})
     entry["command"] = " ".join(["--recipe", str(args.recipe), *(["--set", *args.pairs] if args.pairs else [])])
@@ -128,7 +129,7 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
                          adapter=adapter, precision=config.precision, progress=Progress(quiet=not sys.stdout.isatty()))
         done[label] = {"changes": changes, "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
                        "top1": accuracy(student), "load_before": load_before, "load_after": load_average(),
-                       "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.commit()}
+                       "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.CODE_VERSION}
         save()
         print(label, done[label], flush=True)
 
