@@ -26,11 +26,11 @@ def section(record: dict) -> list[str]:
         "",
         f"Machine: {any_entry.get('machine')}. Dates: {', '.join(sorted({r['date'] for r in rows}))}. "
         f"Commits: {', '.join(sorted({'`' + r['commit'] + '`' for r in rows}))}.",
-        "Command: `python -m benchmarks.recovery_settings RUN_DIR --name NAME --variants ...` on each selection "
-        "(`--variants` below), then `python -m benchmarks.write_benchmarks`. Raw results: "
-        "`benchmarks/results/recovery_settings.json`. Each selection's run folder was made by "
-        "`dfpractise run` with the recipe and overrides named, and `--set recovery.iterations=1` (only its "
-        "selection and tiny set are used).",
+        "Command: `python -m benchmarks.recovery_settings --name NAME --recipe R --set ... --variants LABEL:SETTINGS "
+        "...` for each selection below (the script first runs the recipe with one recovery step for the selection "
+        "and tiny set; variants default to 2000 iterations), then `python -m benchmarks.write_benchmarks`. Raw "
+        "results: `benchmarks/results/recovery_settings.json`. Recovery seconds are as measured and not compared: "
+        "some rows shared the machine with other work.",
         "",
     ]
     labels: list[str] = []
@@ -42,7 +42,7 @@ def section(record: dict) -> list[str]:
             f"**{name}**: {entry['model']} ({entry['weights']}), {entry['num_images']} {entry['source']} images, "
             f"{len(entry['dropped'])} blocks dropped ({', '.join(entry['dropped'])}); teacher held-out "
             f"{teacher.get('holdout', float('nan')):.2f}, val {teacher.get('val', float('nan')):.2f}; "
-            f"{entry.get('command', '')}",
+            f"`{entry.get('command', '')}`",
             "",
             "| variant | settings | held-out top-1 | val top-1 | recovery (s) |",
             "|---|---|---|---|---|",
