@@ -8,6 +8,17 @@ NAMES = {"real": "{n} real CIFAR-10 training images", "synthetic": "data-free: {
          "ood": "{n} out-of-domain images"}
 
 
+def _recovery_name(recovery: dict) -> str:
+    """The recovery a sweep used, as its settings name it (older records lack ``mix``)."""
+    from dfpractise.config import RecoveryConfig
+    from dfpractise.recovery import mix_of
+
+    if "mix" not in recovery:
+        return recovery["method"]
+    mix = mix_of(RecoveryConfig.model_validate(recovery))
+    return recovery["method"] + ("" if mix == "none" else f" with {mix}")
+
+
 def section(results: dict, plots_dir: Path, root: Path) -> list[str]:
     """A table per sweep and its plot (``plots_dir/sweep-KEY.png``, redrawn from the JSON)."""
     from dfpractise.sweep import SweepResult, save_sweep_plot
@@ -19,7 +30,7 @@ def section(results: dict, plots_dir: Path, root: Path) -> list[str]:
         "## Choosing a target: one sweep, one model per target (ResNet-56, CIFAR-10)",
         "",
         "`dfpractise sweep` with the recipe of each tiny set: the blocks are timed and scored once, then each "
-        "target is selected (measured), recovered (MiR) and evaluated on `cifar10-jpeg/val` in its own run "
+        "target is selected (measured), recovered and evaluated on `cifar10-jpeg/val` in its own run "
         "folder. Filter pruning (Torch-Pruning, L1, block-internal channels) is matched to each PRACTISE "
         "model's measured cut and recovered with the same settings, images and seed. Cuts are measured "
         "against the teacher in the same process (median, IQR in brackets); the predicted cut is the "
@@ -40,7 +51,7 @@ def section(results: dict, plots_dir: Path, root: Path) -> list[str]:
         lines += [
             "",
             f"### {name.format(n=record['num_images'])}: {settings['recovery']['iterations']} "
-            f"recovery iterations, seed {settings['seed']}",
+            f"recovery iterations ({_recovery_name(settings['recovery'])}), seed {settings['seed']}",
             "",
             f"Teacher top-1 {teacher['top1']:.2f}% ({teacher['latency_ms']:.1f} ms at batch {latency['batch_size']}, "
             f"{latency['backend']} on {settings['device']}). Machine: {record['machine']}, "

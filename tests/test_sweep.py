@@ -213,3 +213,4 @@ def test_the_benchmark_section_shows_the_sweep_and_redraws_its_plot(swept, tmp_p
     assert f"{100 * first['measured_cut']:.1f}%" in text and "| 99% | PRACTISE | unreachable |" in text
     assert (tmp_path / "sweep-real500-s1-it4.png").read_bytes()[:4] == b"\x89PNG"
     assert "](sweep-real500-s1-it4.png)" in text
+    assert "4 recovery iterations (mir-stages with mixup)" in text, "the defaults' recovery, with auto mix resolved"
