@@ -33,6 +33,21 @@ def images(assets_dir):
     return RealFolderSource(assets_dir / "cifar10-jpeg" / "train").load(32, 32, seed=0).images
 
 
+def _interrupted_then_resumed(pair, images, tmp_path, config, augment, seed, stop_at):
+    """One recovery run through, and the same recovery interrupted at step ``stop_at`` and resumed
+    from its checkpoint: (uninterrupted student, resumed student, the resumed run's result)."""
+    teacher, student = pair
+    recover(student, teacher, images, config, augment, normalize, seed=seed)
+    resumed = drop_blocks(teacher, ["layer1.1", "layer2.1"])
+    checkpoint = tmp_path / "recovery.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        recover(resumed, teacher, images, config, augment, normalize, seed=seed,
+                progress=interrupting_progress("Recovering", stop_at), checkpoint=checkpoint)
+    assert checkpoint.exists()
+    result = recover(resumed, teacher, images, config, augment, normalize, seed=seed, checkpoint=checkpoint)
+    return student, resumed, result
+
+
 def _feature_error(student, teacher, images):
     with torch.no_grad():
         x = normalize(images)
@@ -78,20 +93,11 @@ def test_no_recovery_leaves_weights_alone(pair, images):
 
 
 def test_interrupted_recovery_resumes_to_the_same_weights(pair, images, tmp_path):
-    teacher, student = pair
-    resumed = drop_blocks(teacher, ["layer1.1", "layer2.1"])
-    config = RecoveryConfig(iterations=12, batch_size=8, lr=0.01, checkpoint_every=100)
     from dfpractise.augment import train_augmentation
 
-    augment = train_augmentation(32)
-    recover(student, teacher, images, config, augment, normalize, seed=3)
-
-    checkpoint = tmp_path / "recovery.ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        recover(resumed, teacher, images, config, augment, normalize, seed=3,
-                progress=interrupting_progress("Recovering", 5), checkpoint=checkpoint)
-    assert checkpoint.exists()
-    result = recover(resumed, teacher, images, config, augment, normalize, seed=3, checkpoint=checkpoint)
+    config = RecoveryConfig(iterations=12, batch_size=8, lr=0.01, checkpoint_every=100)
+    student, resumed, result = _interrupted_then_resumed(pair, images, tmp_path, config, train_augmentation(32),
+                                                         seed=3, stop_at=5)
     assert result.resumed_from == 5
     for key, value in student.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value)
@@ -138,18 +144,11 @@ def test_a_pool_augments_once_per_view_not_every_step(pair, images):
 
 def test_a_pooled_recovery_interrupted_and_resumed_ends_as_an_uninterrupted_one(pair, images, tmp_path):
     """The pool is drawn from the seed, so a resumed run rebuilds the same views."""
-    teacher, student = pair
     from dfpractise.augment import train_augmentation
 
-    augment = train_augmentation(32)
     config = RecoveryConfig(iterations=10, batch_size=8, lr=0.01, checkpoint_every=100, teacher_views=2)
-    recover(student, teacher, images, config, augment, normalize, seed=4)
-    resumed = drop_blocks(teacher, ["layer1.1", "layer2.1"])
-    checkpoint = tmp_path / "recovery.ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        recover(resumed, teacher, images, config, augment, normalize, seed=4,
-                progress=interrupting_progress("Recovering", 4), checkpoint=checkpoint)
-    result = recover(resumed, teacher, images, config, augment, normalize, seed=4, checkpoint=checkpoint)
+    student, resumed, result = _interrupted_then_resumed(pair, images, tmp_path, config, train_augmentation(32),
+                                                         seed=4, stop_at=4)
     assert result.resumed_from == 4
     for key, value in student.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
@@ -282,15 +281,8 @@ def test_auto_mix_blends_for_methods_that_learn_the_teacher_and_not_for_labels(p
 
 def test_a_mixed_recovery_interrupted_and_resumed_ends_as_an_uninterrupted_one(pair, images, tmp_path):
     """Blends are drawn from torch's generator, whose state the checkpoint keeps (plain loop)."""
-    teacher, student = pair
     config = RecoveryConfig(iterations=8, batch_size=8, lr=0.01, checkpoint_every=100, teacher_views=0, mix="mixup")
-    recover(student, teacher, images, config, identity, normalize, seed=5)
-    resumed = drop_blocks(teacher, ["layer1.1", "layer2.1"])
-    checkpoint = tmp_path / "recovery.ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        recover(resumed, teacher, images, config, identity, normalize, seed=5,
-                progress=interrupting_progress("Recovering", 3), checkpoint=checkpoint)
-    result = recover(resumed, teacher, images, config, identity, normalize, seed=5, checkpoint=checkpoint)
+    student, resumed, result = _interrupted_then_resumed(pair, images, tmp_path, config, identity, seed=5, stop_at=3)
     assert result.resumed_from == 3
     for key, value in student.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
