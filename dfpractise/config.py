@@ -142,8 +142,8 @@ class DataConfig(Settings):
     """Where the tiny set comes from, and where accuracy is measured."""
 
     source: str = Field("real", description="Tiny-set source (registered in dfpractise.sources): real images, "
-                        "ood (unlabelled folder), synthetic (BN inversion, no data), diffusion (--data is the "
-                        "pipeline).")
+                        "ood (unlabelled folder), synthetic (BN inversion, no data), generator (a meta-learned generator, no "
+                        "data), diffusion (--data is the pipeline).")
     path: str | None = Field(None, description="Tiny-set images: ImageFolder layout for real, any folder for ood, "
                              "a diffusers pipeline for diffusion.")
     num_images: int = Field(500, ge=1, description="Images in the tiny set.")
