@@ -68,11 +68,13 @@ def section(record: dict) -> list[str]:
         pairs.setdefault((run["teacher"], run["set"]), {})[version(run)] = run
     labels = sorted({version(r) for r in runs.values()} - {"before"})
     if labels:
-        lines += ["", "Top-1 drop (points) before and after, per teacher and tiny set:", "",
+        lines += ["", "Top-1 drop in points (measured cut in brackets: a drop is only comparable at a like cut) "
+                  "before and after, per teacher and tiny set:", "",
                   "| teacher | tiny set | before | " + " | ".join(labels) + " |",
                   "|---|---|---|" + "---|" * len(labels)]
         for (teacher, name), by_label in sorted(pairs.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])
                                                                                if kv[0][1] in order else 99)):
-            cells = [_number(by_label[v]["drop_top1"]) if v in by_label else "-" for v in ["before", *labels]]
+            cells = [f"{by_label[v]['drop_top1']:.2f} ({100 * by_label[v]['reduction']:.1f}%)" if v in by_label
+                     else "-" for v in ["before", *labels]]
             lines.append(f"| {teacher} | {SET_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
     return lines
