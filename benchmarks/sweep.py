@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -77,6 +79,7 @@ def main() -> None:
             **result.to_json(), "tiny_set": tiny_set, "out": str(out),
             "wall_seconds": round(time.perf_counter() - started, 1), "date": dt.date.today().isoformat(),
             "machine": engine_grid.machine(), "commit": engine_grid.CODE_VERSION, "torch": torch.__version__,
+            "command": "python -m benchmarks.sweep " + shlex.join(sys.argv[1:]),
         }
         engine_grid.save_results(results, args.results)
         for point in result.points:

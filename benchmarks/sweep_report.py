@@ -56,7 +56,8 @@ def section(results: dict, plots_dir: Path, root: Path) -> list[str]:
             f"Teacher top-1 {teacher['top1']:.2f}% ({teacher['latency_ms']:.1f} ms at batch {latency['batch_size']}, "
             f"{latency['backend']} on {settings['device']}). Machine: {record['machine']}, "
             f"torch {record['torch']}. Date {record['date']}, commit `{record['commit']}`; "
-            f"{record['wall_seconds'] / 60:.0f} min for the sweep.",
+            f"{record['wall_seconds'] / 60:.0f} min for the sweep."
+            + (f" Command: `{record['command']}`." if record.get("command") else ""),
             "",
             "| target | method | blocks dropped | predicted cut | measured cut [IQR] | top-1 | change (points) | "
             "recovery (s) |",

@@ -214,3 +214,6 @@ def test_the_benchmark_section_shows_the_sweep_and_redraws_its_plot(swept, tmp_p
     assert (tmp_path / "sweep-real500-s1-it4.png").read_bytes()[:4] == b"\x89PNG"
     assert "](sweep-real500-s1-it4.png)" in text
     assert "4 recovery iterations (mir-stages with mixup)" in text, "the defaults' recovery, with auto mix resolved"
+    with_command = {**record, "command": "python -m benchmarks.sweep --targets 0.1"}
+    text = "\n".join(sweep_report.section({"sweeps": {"real500-s1-it4": with_command}}, tmp_path, tmp_path))
+    assert "Command: `python -m benchmarks.sweep --targets 0.1`." in text
