@@ -43,9 +43,11 @@ def section(record: dict) -> list[str]:
     def version(run: dict) -> str:
         return run.get("label") or "before"
 
-    for key, run in sorted(runs.items(), key=lambda kv: (kv[1]["teacher"], order.index(kv[1]["set"])
-                                                          if kv[1]["set"] in order else 99, version(kv[1]) != "before",
-                                                          kv[0])):
+    def set_rank(name: str) -> int:
+        return order.index(name) if name in order else len(order)
+
+    for key, run in sorted(runs.items(), key=lambda kv: (kv[1]["teacher"], set_rank(kv[1]["set"]),
+                                                          version(kv[1]) != "before", kv[0])):
         tiny = run.get("tiny_set") or {}
         agreement = tiny.get("agreement")
         lines.append(
@@ -72,8 +74,7 @@ def section(record: dict) -> list[str]:
                   "before and after, per teacher and tiny set:", "",
                   "| teacher | tiny set | before | " + " | ".join(labels) + " |",
                   "|---|---|---|" + "---|" * len(labels)]
-        for (teacher, name), by_label in sorted(pairs.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])
-                                                                               if kv[0][1] in order else 99)):
+        for (teacher, name), by_label in sorted(pairs.items(), key=lambda kv: (kv[0][0], set_rank(kv[0][1]))):
             cells = [f"{by_label[v]['drop_top1']:.2f} ({100 * by_label[v]['reduction']:.1f}%)" if v in by_label
                      else "-" for v in ["before", *labels]]
             lines.append(f"| {teacher} | {SET_NAMES.get(name, name)} | " + " | ".join(cells) + " |")

@@ -12,7 +12,7 @@ where it stopped.
         --set data.num_images=50 latency_reduction=0.4 --variants mir:method=mir,mix=none mixup:method=mir
     python -m benchmarks.write_benchmarks
 
-A variant is ``LABEL:key=value,key=value`` over the ``recovery`` section (values read as YAML);
+A variant is ``LABEL:key=value,key=value`` over the ``recovery`` section (values read as a recipe reads them);
 ``LABEL:`` alone is the recipe's own settings. Run on a quiet machine: two torch processes on two
 cores slow each other several times over (the seconds are recorded, not compared across runs).
 """
@@ -24,10 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from benchmarks import engine_grid
 from benchmarks.speed import holdout_slice, load_average
+from dfpractise.recipe import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECOVERY_ITERATIONS = 2000
@@ -40,7 +39,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
     changes = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        changes[key.strip()] = yaml.safe_load(value)
+        changes[key.strip()] = read_yaml(value)
     return label, changes
 
 

@@ -145,7 +145,8 @@ def recover(
     if spec.needs_labels and labels is None:
         raise ConfigError(f"{method.upper()} recovery needs labelled images; this tiny set has no labels "
                           f"(use {' or '.join(label_free_methods())})")
-    mix = mixing(mix_of(config))
+    mix_name = mix_of(config)
+    mix = mixing(mix_name)
     if mix is not None:
         augment = _then(augment, mix)
     device = torch.device(device)
@@ -166,7 +167,7 @@ def recover(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    result = RecoveryResult(method, config.iterations, None, precision=precisions.name(dtype), mix=mix_of(config))
+    result = RecoveryResult(method, config.iterations, None, precision=precisions.name(dtype), mix=mix_name)
     pool = None
     if config.teacher_views and spec.teacher_output is not None:  # drawn before a checkpoint's RNG state returns
         pool = _teacher_pool(adapter, teacher, images, spec.teacher_output, config, augment, normalize, dtype,

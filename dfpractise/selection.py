@@ -276,6 +276,11 @@ def select_blocks(
     feasible: list[tuple[float, list[str], float]] = []
     seen: set[tuple[str, ...]] = set()
     upper = goal_percent + window if window is not None else None
+
+    def predicted_cut(dropped: list[str]) -> float:
+        """The cut (a fraction) the scaled additive model gives ``dropped``."""
+        return sum(by_name[n].delta_lat for n in dropped) * scale / 100.0
+
     for _ in range(4):
         bound = min(upper / scale, summed_all) if upper is not None else None
         dropped = select_by_target(scores, min(goal / scale, summed_all), method, bound, window_cost)
@@ -285,7 +290,7 @@ def select_blocks(
         measured = measure(dropped)
         cut = 100.0 * measured.reduction
         summed = sum(by_name[n].delta_lat for n in dropped)
-        predicted = summed * scale / 100.0
+        predicted = predicted_cut(dropped)
         log(f"{len(dropped)} blocks: predicted cut {100 * predicted:.1f}%, measured {cut:.1f}%")
         if cut >= goal:
             feasible.append((sum(by_name[n].cost for n in dropped), dropped, predicted))
@@ -309,4 +314,4 @@ def select_blocks(
         dropped = sorted(dropped + [extra.name], key=order.__getitem__)
         measured = measure(dropped, rounds=2)
         if measured.reduction * 100.0 >= goal:
-            return Selection(dropped, measured, sum(by_name[n].delta_lat for n in dropped) * scale / 100.0)
+            return Selection(dropped, measured, predicted_cut(dropped))
