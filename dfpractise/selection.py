@@ -7,8 +7,9 @@ takes blocks in score order until the target is reached. Methods are registered
 (``SELECTION_METHODS``): a function ``(blocks, target_percent) -> chosen blocks``.
 
 ``select_blocks`` is the selection a run makes: it proposes sets from the single-block savings,
-measures each through a ``measure`` callable, corrects its prediction by what it measured, and
-keeps the cheapest set a second, longer measurement confirms. Measuring is passed in, so the
+measures each through a ``measure`` callable, corrects its prediction by everything it measured,
+and keeps the cheapest set a second, longer measurement confirms (one measured inside the window
+first, when it is barely dearer). Measuring is passed in, so the
 logic is tested with a fake machine and the engine passes the real one.
 """
 
@@ -234,6 +235,52 @@ def check_reachable(target: float, all_dropped_cut_percent: float, model_name: s
         )
 
 
+class _CutModel:
+    """What a selection has measured so far, and the additive model corrected by it.
+
+    Single-block savings do not add up exactly, so a set's predicted cut is its summed ΔLat times
+    a scale: at first the ratio of the measured cut of dropping every candidate to the sum of all
+    single savings, then the ratio pooled over every measurement of the sets proposed near the
+    target (weighted by timing rounds). Pooling keeps one noisy reading from moving the next
+    proposal by a whole block; the last reading alone did, and a cut that read a point low sent
+    the selection a block past the window.
+    """
+
+    def __init__(self, scores: list[BlockScore], all_dropped_cut_percent: float):
+        self.by_name = {s.name: s for s in scores}
+        self.summed_all = sum(s.delta_lat for s in scores)
+        self.prior = all_dropped_cut_percent / self.summed_all if self.summed_all > 0 else 1.0
+        self.readings: dict[tuple[str, ...], list[tuple[float, int]]] = {}  # set -> [(cut %, rounds)]
+
+    def summed(self, dropped: list[str]) -> float:
+        return sum(self.by_name[n].delta_lat for n in dropped)
+
+    def cost(self, dropped: list[str]) -> float:
+        return sum(self.by_name[n].cost for n in dropped)
+
+    @property
+    def scale(self) -> float:
+        weight = sum(r * self.summed(list(s)) for s, rs in self.readings.items() for _, r in rs)
+        if weight <= 0:
+            return self.prior
+        return sum(r * cut for rs in self.readings.values() for cut, r in rs) / weight
+
+    def predicted(self, dropped: list[str]) -> float:
+        """The cut (a fraction) the corrected model gives ``dropped``."""
+        return self.summed(dropped) * self.scale / 100.0
+
+    def record(self, measured: MeasuredCut, rounds: int) -> float:
+        cut = 100.0 * measured.reduction
+        if cut > 0 and self.summed(measured.blocks) > 0:
+            self.readings.setdefault(tuple(measured.blocks), []).append((cut, rounds))
+        return cut
+
+    def mean(self, dropped: list[str]) -> float:
+        """The mean measured cut (percent) of ``dropped``, weighted by timing rounds."""
+        readings = self.readings.get(tuple(dropped), [])
+        return sum(c * r for c, r in readings) / sum(r for _, r in readings) if readings else 0.0
+
+
 def select_blocks(
     scores: list[BlockScore],
     measure: Measure,
@@ -250,16 +297,16 @@ def select_blocks(
 ) -> Selection:
     """The blocks to drop for a latency ``target`` (a fraction) or a ``drop`` count, measured.
 
-    Per-block savings do not add up exactly on real hardware (on the CIFAR ResNets here, dropping
-    many blocks saves about a quarter more than the sum of their single savings). So the summed
-    ΔLat is scaled, first by the measured cut of dropping every candidate
-    (``all_dropped_cut_percent``), then by each measured selection; of the selections whose
-    measured cut reaches the target, the one with the least total cost wins once a second, longer
-    measurement confirms it (a noisy first measurement can flatter a selection). If none does,
-    blocks are added by score until a long measurement reaches the target. Measurements must
-    clear the target by ``margin`` points, so that the verified cut does not fall short through
-    noise alone, and a proposal's predicted cut stays within ``window`` points above the target
-    where a set of blocks allows it at most ``window_cost`` dearer than the cheapest cover (None:
+    Proposes sets from the single-block savings scaled by what has been measured (``_CutModel``),
+    measures each once, and keeps the cheapest whose measured cut reaches the target once a
+    second, longer measurement confirms it (a noisy first measurement can flatter a selection).
+    Of sets that reach it, one measured inside the window is preferred over a cheaper one past it
+    when it costs at most ``window_cost`` more. When none is confirmed, the next proposals must
+    save more than every set that fell short, still inside the window where blocks allow it;
+    adding blocks by score is the last resort (it lands a whole block past the target).
+    Measurements must clear the target by ``margin`` points, so that the verified cut does not fall
+    short through noise alone, and a proposal's predicted cut stays within ``window`` points above
+    the target where a set at most ``window_cost`` dearer than the cheapest cover allows it (None:
     the cheapest cover, however far above; see ``select_by_target``).
     """
     if drop is not None:
@@ -270,39 +317,75 @@ def select_blocks(
     goal_percent = 100.0 * target
     check_reachable(target, all_dropped_cut_percent, model_name)
     goal = min(goal_percent + margin, all_dropped_cut_percent)  # what a measurement must show
-    by_name = {s.name: s for s in scores}
-    summed_all = sum(s.delta_lat for s in scores)
-    scale = all_dropped_cut_percent / summed_all if summed_all > 0 else 1.0
-    feasible: list[tuple[float, list[str], float]] = []
-    seen: set[tuple[str, ...]] = set()
     upper = goal_percent + window if window is not None else None
+    model = _CutModel(scores, all_dropped_cut_percent)
+    predictions: dict[tuple[str, ...], float] = {}
+    short_of = 0.0  # summed ΔLat a proposal must exceed: the largest of the sets confirmed short
 
-    def predicted_cut(dropped: list[str]) -> float:
-        """The cut (a fraction) the scaled additive model gives ``dropped``."""
-        return sum(by_name[n].delta_lat for n in dropped) * scale / 100.0
-
-    for _ in range(4):
+    def propose() -> list[str]:
+        scale, summed_all = model.scale, model.summed_all
+        need = min(max(goal / scale, short_of + _RESOLUTION), summed_all)
         bound = min(upper / scale, summed_all) if upper is not None else None
-        dropped = select_by_target(scores, min(goal / scale, summed_all), method, bound, window_cost)
-        if tuple(dropped) in seen:
+        dropped = select_by_target(scores, need, method, bound, window_cost)
+        predictions.setdefault(tuple(dropped), model.predicted(dropped))
+        return dropped
+
+    def measured(dropped: list[str], rounds: int) -> MeasuredCut:
+        result = measure(dropped, rounds=rounds)
+        cut = model.record(result, rounds)
+        log(f"{len(dropped)} blocks: predicted cut {100 * predictions.get(tuple(dropped), model.predicted(dropped)):.1f}%, "
+            f"measured {cut:.1f}%" + (" (longer)" if rounds > 1 else ""))
+        return result
+
+    def accepted(result: MeasuredCut) -> Selection:
+        key = tuple(result.blocks)
+        return Selection(list(result.blocks), result, predictions.get(key, model.predicted(list(result.blocks))))
+
+    proposed: set[tuple[str, ...]] = set()
+    for _ in range(4):
+        dropped = propose()
+        if tuple(dropped) in proposed:
             break
-        seen.add(tuple(dropped))
-        measured = measure(dropped)
-        cut = 100.0 * measured.reduction
-        summed = sum(by_name[n].delta_lat for n in dropped)
-        predicted = predicted_cut(dropped)
-        log(f"{len(dropped)} blocks: predicted cut {100 * predicted:.1f}%, measured {cut:.1f}%")
-        if cut >= goal:
-            feasible.append((sum(by_name[n].cost for n in dropped), dropped, predicted))
-        if cut > 0 and summed > 0:
-            scale = cut / summed
-    for _, dropped, predicted in sorted(feasible, key=lambda f: f[0]):
-        confirmed = measure(dropped, rounds=2)
-        if confirmed.reduction * 100.0 >= goal:
-            return Selection(dropped, confirmed, predicted)
-        measured = confirmed
-        log(f"re-measured {100 * confirmed.reduction:.1f}% < {goal:.1f}%: not confirmed")
+        proposed.add(tuple(dropped))
+        measured(dropped, 1)
+    rejected: set[tuple[str, ...]] = set()
+    last: MeasuredCut | None = None
+    for dropped in [*_confirm_order(model, goal, upper, window_cost), *(None for _ in range(3))]:
+        dropped = dropped or propose()  # past the measured sets: new proposals saving more
+        if tuple(dropped) in rejected:
+            break
+        last = measured(dropped, 2)
+        if 100.0 * last.reduction >= goal:
+            return accepted(last)
+        rejected.add(tuple(dropped))
+        short_of = max(short_of, model.summed(dropped))
+        log(f"measured {100 * last.reduction:.1f}% < {goal:.1f}%: not confirmed")
+    return _top_up(scores, measure, dropped, last or measured(dropped, 2), goal, goal_percent, model_name, log,
+                   accepted)
+
+
+_RESOLUTION = 0.01  # the ΔLat resolution (percent) of the min-cost cover
+
+
+def _confirm_order(model: _CutModel, goal: float, upper: float | None, window_cost: float) -> list[list[str]]:
+    """The measured sets whose mean cut reaches ``goal``, in the order to confirm them: cheapest
+    first, except that a set measured inside the window goes first while it costs at most
+    ``window_cost`` more than the cheapest."""
+    feasible = [list(s) for s in model.readings if model.mean(list(s)) >= goal]
+    feasible.sort(key=model.cost)
+    if not feasible or upper is None:
+        return feasible
+    cheapest = model.cost(feasible[0])
+    inside = [s for s in feasible if model.mean(s) <= upper and model.cost(s) <= (1.0 + window_cost) * cheapest + 1e-12]
+    return inside + [s for s in feasible if s not in inside]
+
+
+def _top_up(scores: list[BlockScore], measure: Measure, dropped: list[str], last: MeasuredCut, goal: float,
+            goal_percent: float, model_name: str, log: Callable[[str], None],
+            accepted: Callable[[MeasuredCut], Selection]) -> Selection:
+    """Blocks added by score to ``dropped`` until a long measurement reaches ``goal``."""
     order = {s.name: s.step for s in scores}
+    measured = last
     while True:
         extra = next_block(scores, dropped)
         if extra is None:
@@ -314,4 +397,4 @@ def select_blocks(
         dropped = sorted(dropped + [extra.name], key=order.__getitem__)
         measured = measure(dropped, rounds=2)
         if measured.reduction * 100.0 >= goal:
-            return Selection(dropped, measured, predicted_cut(dropped))
+            return accepted(measured)

@@ -108,3 +108,50 @@ def test_a_cheap_coarse_block_does_not_push_the_cut_far_past_the_target():
     tight = select_blocks(scores, additive, target=0.30, all_dropped_cut_percent=total, window=3.0)
     assert 31.0 <= 100 * tight.measured.reduction <= 33.0
     assert tight.predicted == pytest.approx(tight.measured.reduction), "cuts add up here: the prediction is exact"
+
+
+def _coarse_and_fine():
+    """Stage-1 blocks save 6% each and are the cheapest per point saved; stage-2 blocks save 1%
+    each and cost more per point. At a 30% target (31% with the margin) the cheapest cover is five
+    coarse blocks and one fine one: 31%."""
+    scores = [BlockScore(f"s1.{i}", 1, i, 6.0, 0.01) for i in range(6)]
+    scores += [BlockScore(f"s2.{i}", 2, 10 + i, 1.0, 0.003) for i in range(6)]
+    return scores, {s.name: s for s in scores}
+
+
+def test_a_set_confirmed_short_is_followed_by_one_saving_a_little_more_not_a_whole_block():
+    """The 31% set's longer measurement reads 0.8 points short. Adding the next block by score
+    (a 6% one) would land at 37%, four points past the window; the selection asks instead for a
+    set saving more than the one that fell short, and 32% is inside [31, 33]."""
+    scores, by_name = _coarse_and_fine()
+    short_once = []
+
+    def machine(blocks, rounds=1):
+        cut = sum(by_name[b].delta_lat for b in blocks)
+        if rounds > 1 and not short_once:
+            short_once.append(tuple(blocks))
+            cut -= 0.8
+        return MeasuredCut(cut / 100.0, (0.0, 0.0), blocks)
+
+    selection = select_blocks(scores, machine, target=0.30, all_dropped_cut_percent=42.0)
+    assert short_once, "the first confirmation was the short one"
+    assert 31.0 <= 100 * selection.measured.reduction <= 33.0
+    assert sum(1 for b in selection.dropped if b.startswith("s1.")) == 5
+
+
+def test_one_low_reading_does_not_push_the_selection_past_the_window():
+    """The very first reading is 2.5 points low, then the machine is steady. Steering by the last
+    reading alone, the low one scales the model by 0.92, the next proposal saves 34% and nothing
+    brings the selection back; pooled over the readings the model recovers and lands inside
+    [31, 33]."""
+    scores, by_name = _coarse_and_fine()
+    readings = []
+
+    def machine(blocks, rounds=1):
+        cut = sum(by_name[b].delta_lat for b in blocks) - (2.5 if not readings else 0.0)
+        readings.append(cut)
+        return MeasuredCut(cut / 100.0, (0.0, 0.0), blocks)
+
+    selection = select_blocks(scores, machine, target=0.30, all_dropped_cut_percent=42.0)
+    assert readings[0] == pytest.approx(28.5)
+    assert 31.0 <= 100 * selection.measured.reduction <= 33.0
