@@ -16,7 +16,7 @@ logic is tested with a fake machine and the engine passes the real one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from synthesizers.registry import Registry
@@ -68,13 +68,19 @@ class Selection:
     dropped: list[str]
     measured: MeasuredCut
     predicted: float | None = None  # the cut (fraction) the latency model predicted for ``dropped``
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    """Every set the selection measured on the way, in order: its blocks, the cut predicted when it
+    was proposed, the cut measured (percent) and the timing rounds; kept so that a run that landed
+    off target can be read afterwards."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"dropped": list(self.dropped), "measured": self.measured.to_json(), "predicted": self.predicted}
+        return {"dropped": list(self.dropped), "measured": self.measured.to_json(), "predicted": self.predicted,
+                "readings": [dict(r) for r in self.readings]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Selection":
-        return cls(list(data["dropped"]), MeasuredCut.from_json(data["measured"]), data.get("predicted"))
+        return cls(list(data["dropped"]), MeasuredCut.from_json(data["measured"]), data.get("predicted"),
+                   [dict(r) for r in data.get("readings", [])])
 
 
 class Measure(Protocol):
@@ -330,16 +336,22 @@ def select_blocks(
         predictions.setdefault(tuple(dropped), model.predicted(dropped))
         return dropped
 
+    readings: list[dict[str, Any]] = []
+
     def measured(dropped: list[str], rounds: int) -> MeasuredCut:
         result = measure(dropped, rounds=rounds)
         cut = model.record(result, rounds)
-        log(f"{len(dropped)} blocks: predicted cut {100 * predictions.get(tuple(dropped), model.predicted(dropped)):.1f}%, "
-            f"measured {cut:.1f}%" + (" (longer)" if rounds > 1 else ""))
+        guess = predictions.get(tuple(dropped), model.predicted(dropped))
+        readings.append({"blocks": list(dropped), "predicted": round(100 * guess, 3), "measured": round(cut, 3),
+                         "rounds": rounds})
+        log(f"{len(dropped)} blocks: predicted cut {100 * guess:.1f}%, measured {cut:.1f}%"
+            + (" (longer)" if rounds > 1 else ""))
         return result
 
     def accepted(result: MeasuredCut) -> Selection:
         key = tuple(result.blocks)
-        return Selection(list(result.blocks), result, predictions.get(key, model.predicted(list(result.blocks))))
+        return Selection(list(result.blocks), result, predictions.get(key, model.predicted(list(result.blocks))),
+                         readings)
 
     proposed: set[tuple[str, ...]] = set()
     for _ in range(4):
@@ -360,8 +372,8 @@ def select_blocks(
         rejected.add(tuple(dropped))
         short_of = max(short_of, model.summed(dropped))
         log(f"measured {100 * last.reduction:.1f}% < {goal:.1f}%: not confirmed")
-    return _top_up(scores, measure, dropped, last or measured(dropped, 2), goal, goal_percent, model_name, log,
-                   accepted)
+    return _top_up(scores, lambda blocks, rounds: measured(blocks, rounds), dropped, last or measured(dropped, 2),
+                   goal, goal_percent, model_name, log, accepted)
 
 
 _RESOLUTION = 0.01  # the ΔLat resolution (percent) of the min-cost cover
@@ -395,6 +407,6 @@ def _top_up(scores: list[BlockScore], measure: Measure, dropped: list[str], last
             )
         log(f"measured cut {100 * measured.reduction:.1f}% < {goal:.1f}%: adding {extra.name}")
         dropped = sorted(dropped + [extra.name], key=order.__getitem__)
-        measured = measure(dropped, rounds=2)
+        measured = measure(dropped, 2)
         if measured.reduction * 100.0 >= goal:
             return accepted(measured)

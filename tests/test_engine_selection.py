@@ -137,6 +137,10 @@ def test_a_set_confirmed_short_is_followed_by_one_saving_a_little_more_not_a_who
     assert short_once, "the first confirmation was the short one"
     assert 31.0 <= 100 * selection.measured.reduction <= 33.0
     assert sum(1 for b in selection.dropped if b.startswith("s1.")) == 5
+    # the way there is kept (selection.json): the short reading, then the accepted one
+    short = [r for r in selection.readings if r["rounds"] == 2 and tuple(r["blocks"]) == short_once[0]]
+    assert [r["measured"] for r in short] == [pytest.approx(30.2)]
+    assert selection.readings[-1]["blocks"] == selection.dropped and selection.readings[-1]["rounds"] == 2
 
 
 def test_one_low_reading_does_not_push_the_selection_past_the_window():
