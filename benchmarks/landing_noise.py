@@ -42,6 +42,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "landing_noise.json"
 LEVELS = ((0.015, 0.0), (0.025, 0.1), (0.04, 0.2))
 """(relative noise of one timing round, chance of a busy spike): quiet, this machine, busy."""
 WINDOW_POINTS = 3.0
+"""Where the speed issue asks a measured cut to land: [target, target + 3 points]."""
 
 
 def selection_at(commit: str) -> ModuleType:

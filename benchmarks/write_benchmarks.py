@@ -113,8 +113,7 @@ def engine_section(runs: dict, title: str = "## PRACTISE on real few-shot data (
 
 RERUN_RESULTS = ROOT / "benchmarks" / "results" / "engine_rerun.json"
 POOLED_RESULTS = ROOT / "benchmarks" / "results" / "engine_pooled.json"
-WINDOW_POINTS = 3.0
-"""Where the speed issue asks a measured cut to land: [target, target + 3 points]."""
+WINDOW_POINTS = landing_noise.WINDOW_POINTS
 
 
 def landing_section(runs: dict) -> list[str]:

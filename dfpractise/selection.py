@@ -137,6 +137,9 @@ def _cost(blocks: list[BlockScore]) -> float:
     return sum(b.cost for b in blocks)
 
 
+_RESOLUTION = 0.01  # the ΔLat resolution (percent) of the min-cost cover
+
+
 SelectionMethod = Callable[[list[BlockScore], float, "float | None"], list[BlockScore]]
 """``(blocks, target_percent, upper_percent) -> chosen``: ``upper_percent`` (or None) is where the
 summed ΔLat should stay below if a set allows it, so a cut does not overshoot the target."""
@@ -162,7 +165,7 @@ def _greedy(blocks: list[BlockScore], target_percent: float, upper_percent: floa
 
 @SELECTION_METHODS.register("min-recoverability")
 def _min_cost_cover(blocks: list[BlockScore], target_percent: float, upper_percent: float | None = None,
-                    resolution: float = 0.01) -> list[BlockScore]:
+                    resolution: float = _RESOLUTION) -> list[BlockScore]:
     """Exact min-cost cover on ΔLat rounded to ``resolution`` percent (dynamic programming).
 
     At most one unit per block (a block, or one of its branches): a multiple-choice knapsack, the
@@ -372,11 +375,8 @@ def select_blocks(
         rejected.add(tuple(dropped))
         short_of = max(short_of, model.summed(dropped))
         log(f"measured {100 * last.reduction:.1f}% < {goal:.1f}%: not confirmed")
-    return _top_up(scores, lambda blocks, rounds: measured(blocks, rounds), dropped, last or measured(dropped, 2),
-                   goal, goal_percent, model_name, log, accepted)
-
-
-_RESOLUTION = 0.01  # the ΔLat resolution (percent) of the min-cost cover
+    assert last is not None  # the first confirmation cannot be a rejected set
+    return _top_up(scores, measured, dropped, last, goal, goal_percent, model_name, log, accepted)
 
 
 def _confirm_order(model: _CutModel, goal: float, upper: float | None, window_cost: float) -> list[list[str]]:
@@ -392,8 +392,8 @@ def _confirm_order(model: _CutModel, goal: float, upper: float | None, window_co
     return inside + [s for s in feasible if s not in inside]
 
 
-def _top_up(scores: list[BlockScore], measure: Measure, dropped: list[str], last: MeasuredCut, goal: float,
-            goal_percent: float, model_name: str, log: Callable[[str], None],
+def _top_up(scores: list[BlockScore], measure: Callable[[list[str], int], MeasuredCut], dropped: list[str],
+            last: MeasuredCut, goal: float, goal_percent: float, model_name: str, log: Callable[[str], None],
             accepted: Callable[[MeasuredCut], Selection]) -> Selection:
     """Blocks added by score to ``dropped`` until a long measurement reaches ``goal``."""
     order = {s.name: s.step for s in scores}
