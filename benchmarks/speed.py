@@ -15,6 +15,11 @@ iterations). Two parts, both in this one process, one after the other:
     python -m benchmarks.speed
     python -m benchmarks.write_benchmarks
 
+On a GPU (``--device cuda``), the same two parts with every phase on the device; its results go to
+their own file (``benchmarks/results/speed_cuda.json``) with the accelerator named in them:
+
+    python -m benchmarks.speed --device cuda --results benchmarks/results/speed_cuda.json
+
 Run it on a quiet machine; the load average before and after each part is recorded with it.
 """
 
@@ -48,17 +53,22 @@ def main() -> None:
                         help="PRECISION:TEACHER_VIEWS recoveries of the choose part")
     parser.add_argument("--fast-precision", default="auto")
     parser.add_argument("--fast-views", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="where every phase runs (cpu, cuda, cuda:1 ...)")
     args = parser.parse_args()
     results = engine_grid.load_results(args.results, empty={"runs": {}, "choose": {}})
+    if args.device != "cpu":
+        from benchmarks.gpu_pipeline import device_info
+
+        results["device"] = device_info(torch.device(args.device))
     plain_dir = args.out / "plain"
     for part in args.parts:
         if part == "runs":
             for name, precision, views, profile in (("plain", "fp32", 0, "variants"),
                                                     ("fast", args.fast_precision, args.fast_views, "hooks")):
-                results["runs"][name] = whole_run(args.out / name, precision, views, profile)
+                results["runs"][name] = whole_run(args.out / name, precision, views, profile, args.device)
                 engine_grid.save_results(results, args.results)
         else:
-            results["choose"].update(choose(plain_dir, args.out, args.variants))
+            results["choose"].update(choose(plain_dir, args.out, args.variants, args.device))
             engine_grid.save_results(results, args.results)
     print(json.dumps(results, indent=2))
 
@@ -67,7 +77,7 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def whole_run(out: Path, precision: str, views: int, profile: str) -> dict:
+def whole_run(out: Path, precision: str, views: int, profile: str, device: str = "cpu") -> dict:
     """``dfpractise run`` from an empty cache with these speed settings; its report's phases."""
     cache = out.with_name(out.name + "-cache")
     shutil.rmtree(out, ignore_errors=True)
@@ -76,7 +86,7 @@ def whole_run(out: Path, precision: str, views: int, profile: str) -> dict:
     env.setdefault("DFPRACTISE_ASSETS", str(ROOT.parent / "shared" / "assets"))
     command = [sys.executable, "-m", "dfpractise", "run", "--recipe", str(RECIPE.relative_to(ROOT)),
                "--precision", precision, "--teacher-views", str(views), "--set", f"latency.profile={profile}",
-               "--out", str(out)]
+               *(["--device", device] if device != "cpu" else []), "--out", str(out)]
     load_before = load_average()
     started = time.perf_counter()
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -106,7 +116,7 @@ def holdout_slice(tiny_files: list[str], train: Path, out: Path, seed: int = 15)
     return out
 
 
-def choose(plain_dir: Path, out: Path, variants: list[str]) -> dict:
+def choose(plain_dir: Path, out: Path, variants: list[str], device: str = "cpu") -> dict:
     """Recovery alone on the plain run's selection with each speed setting; top-1 on both sets."""
     import dfpractise
     from dfpractise.augment import normalize, train_augmentation
@@ -129,7 +139,8 @@ def choose(plain_dir: Path, out: Path, variants: list[str]) -> dict:
 
     def accuracy(model) -> dict:
         return {name: evaluate_models({"m": model}, data, spec.mean, spec.std, spec.input_size,
-                                      progress=quiet)["m"]["top1"] for name, data in (("holdout", holdout), ("val", val))}
+                                      device=device, progress=quiet)["m"]["top1"]
+                for name, data in (("holdout", holdout), ("val", val))}
 
     adapter = adapter_for(teacher)
     rows = {"fp32:0": {"precision": "fp32", "teacher_views": 0, "seconds": report["phases"]["recovery"],
@@ -141,7 +152,7 @@ def choose(plain_dir: Path, out: Path, variants: list[str]) -> dict:
         load_before = load_average()
         result = recover(student, teacher, tiny.images, config.recovery.replace(teacher_views=int(views)),
                          train_augmentation(spec.input_size), lambda x: normalize(x, spec.mean, spec.std),
-                         seed=config.seed, adapter=adapter, precision=precision,
+                         seed=config.seed, adapter=adapter, precision=precision, device=device,
                          progress=Progress(quiet=not sys.stdout.isatty()))
         rows[variant] = {"precision": result.precision, "teacher_views": int(views), "seconds": round(result.seconds, 1),
                          "final_loss": result.final_loss, "top1": accuracy(student), "load_before": load_before,
