@@ -43,15 +43,8 @@ def run_key(num_images: int, target: float, seed: int, scorer: str, iterations: 
 
 
 def commit() -> str:
-    """The code version a run measured (with '+dirty' when the tree had uncommitted changes).
-
-    A tree copied without its git folder (to a device machine) is named by ``DFPRACTISE_COMMIT``,
-    which the caller sets to the commit it copied.
-    """
+    """The code version a run measured (with '+dirty' when the tree had uncommitted changes)."""
     import subprocess
-
-    if not (ROOT / ".git").exists() and os.environ.get("DFPRACTISE_COMMIT"):
-        return os.environ["DFPRACTISE_COMMIT"]
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()

@@ -54,7 +54,11 @@ def main() -> None:
     parser.add_argument("--fast-precision", default="auto")
     parser.add_argument("--fast-views", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="where every phase runs (cpu, cuda, cuda:1 ...)")
+    parser.add_argument("--commit", help="the code version measured, where the tree travelled without its git "
+                        "history (a device machine)")
     args = parser.parse_args()
+    engine_grid.CODE_VERSION = args.commit or engine_grid.commit()  # the code this process imported
+    results["command"] = " ".join(["python -m benchmarks.speed", *sys.argv[1:]])
     results = engine_grid.load_results(args.results, empty={"runs": {}, "choose": {}})
     if args.device != "cpu":
         from benchmarks.gpu_pipeline import device_info
@@ -96,7 +100,7 @@ def whole_run(out: Path, precision: str, views: int, profile: str, device: str =
     report = json.loads((out / "report.json").read_text())
     row = {**engine_grid.summarise(report, wall), "precision": report["recovery"].get("precision"),
            "teacher_views": views, "latency_profile": profile, "load_before": load_before, "load_after": load_average(),
-           "command": " ".join(["dfpractise", *command[3:]]), "commit": engine_grid.commit()}
+           "command": " ".join(["dfpractise", *command[3:]]), "commit": engine_grid.CODE_VERSION}
     print(f"{out.name}: {wall:.0f} s, top-1 {row['pruned_top1']:.2f}, phases {row['phases']}", flush=True)
     return row
 
@@ -160,7 +164,7 @@ def choose(plain_dir: Path, out: Path, variants: list[str], device: str = "cpu")
         print(variant, rows[variant], flush=True)
     return {"dropped": report["dropped"], "holdout_images": len(holdout.images), "variants": rows,
             "date": engine_grid.summarise(report, 0)["date"], "machine": engine_grid.machine(),
-            "commit": engine_grid.commit()}
+            "commit": engine_grid.CODE_VERSION}
 
 
 if __name__ == "__main__":

@@ -9,22 +9,34 @@ def _ratio(plain: float, fast: float) -> str:
     return f"{plain / fast:.2f}x" if fast > 0 else "-"
 
 
-def section(record: dict) -> list[str]:
+def section(record: dict, results: str = "benchmarks/results/speed.json") -> list[str]:
+    """The section for one results file: the CPU record, or one whose ``device`` names an accelerator
+    (then the heading, machine line and command say so)."""
     runs = record.get("runs") or {}
     if "plain" not in runs or "fast" not in runs:
         return []
     plain, fast = runs["plain"], runs["fast"]
+    device = record.get("device")
+    if device:
+        title = f"## Speed of a run on a GPU: plain against fast settings (ResNet-56, 500 real images, 30%, {device['gpu']})"
+        machine = (f"GPU: {device['gpu']} (torch {device['torch']}, CUDA {device.get('cuda')}, cuDNN "
+                   f"{device.get('cudnn')}, TF32 convolutions {'on' if device.get('cudnn_tf32') else 'off'}); host "
+                   f"{plain['machine']}")
+        command = record.get("command") or f"python -m benchmarks.speed --device {device['device']} --results {results}"
+    else:
+        title = "## Speed of a run: plain against fast settings (ResNet-56, 500 real images, 30%)"
+        machine = f"Machine: {plain['machine']}"
+        command = record.get("command") or "python -m benchmarks.speed"
     lines = [
-        "## Speed of a run: plain against fast settings (ResNet-56, 500 real images, 30%)",
+        title,
         "",
         "`recipes/resnet56-real500.yaml` twice in one benchmark, each from an empty cache so that latency is really "
         "timed: *plain* is fp32, the teacher run every recovery step and blocks timed as pruned variants (the "
         "settings before this change); *fast* is the run's new defaults. Same tiny set, seed and iterations.",
         "",
-        f"Machine: {plain['machine']}. Date: {plain['date']}, commit `{plain['commit']}`. Load average before the "
+        f"{machine}. Date: {plain['date']}, commit `{plain['commit']}`. Load average before the "
         f"runs: {plain.get('load_before')} and {fast.get('load_before')}.",
-        "Command: `python -m benchmarks.speed`, then `python -m benchmarks.write_benchmarks`. Raw results: "
-        "`benchmarks/results/speed.json`.",
+        f"Command: `{command}`, then `python -m benchmarks.write_benchmarks`. Raw results: `{results}`.",
         "",
         f"Plain: `{plain['command']}`  ",
         f"Fast: `{fast['command']}`",

@@ -33,6 +33,7 @@ DISTRIBUTED_RESULTS = ROOT / "benchmarks" / "results" / "distributed.json"
 SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
 SWEEP_RESULTS = ROOT / "benchmarks" / "results" / "sweep.json"
 SPEED_RESULTS = ROOT / "benchmarks" / "results" / "speed.json"
+SPEED_CUDA_RESULTS = ROOT / "benchmarks" / "results" / "speed_cuda.json"
 DATA_FREE_RESULTS = ROOT / "benchmarks" / "results" / "data_free.json"
 AGREEMENT_RESULTS = ROOT / "benchmarks" / "results" / "latency_agreement.json"
 RECOVERY_SETTINGS_RESULTS = ROOT / "benchmarks" / "results" / "recovery_settings.json"
@@ -269,6 +270,7 @@ def main() -> None:
     sweeps = json.loads(SWEEP_RESULTS.read_text()) if SWEEP_RESULTS.exists() else {}
     distributed = json.loads(DISTRIBUTED_RESULTS.read_text()) if DISTRIBUTED_RESULTS.exists() else {}
     speed = json.loads(SPEED_RESULTS.read_text()) if SPEED_RESULTS.exists() else {}
+    speed_cuda = json.loads(SPEED_CUDA_RESULTS.read_text()) if SPEED_CUDA_RESULTS.exists() else {}
     data_free = json.loads(DATA_FREE_RESULTS.read_text()) if DATA_FREE_RESULTS.exists() else {}
     agreement = json.loads(AGREEMENT_RESULTS.read_text()) if AGREEMENT_RESULTS.exists() else {}
     recovery_settings = json.loads(RECOVERY_SETTINGS_RESULTS.read_text()) if RECOVERY_SETTINGS_RESULTS.exists() else {}
@@ -309,6 +311,8 @@ def main() -> None:
         *default_run_section(default_runs),
         "",
         *([*speed_report.section(speed), ""] if speed_report.section(speed) else []),
+        *([*speed_report.section(speed_cuda, str(SPEED_CUDA_RESULTS.relative_to(ROOT))), ""]
+          if speed_report.section(speed_cuda) else []),
         *([*latency_agreement.section(agreement), ""] if agreement else []),
         *([*recovery_settings_report.section(recovery_settings), ""] if recovery_settings else []),
         *side_by_side_report.section(side_by_side, scoring, plot_name),

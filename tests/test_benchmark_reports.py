@@ -229,6 +229,16 @@ def test_the_speed_section_shows_phase_ratios_and_the_settings_choice():
     assert "| bf16 | 32 | 160 | 2.50x | 90.00 | 88.70 |" in text
     assert speed_report.section({"runs": {"plain": record["runs"]["plain"]}}) == []
 
+    on_gpu = {**record, "command": "python -m benchmarks.speed --device cuda --variants bf16:32",
+              "device": {"device": "cuda", "gpu": "Some GPU", "torch": "2.11", "cuda": "13.0", "cudnn": 91900,
+                         "cudnn_tf32": True}}
+    text = "\n".join(speed_report.section(on_gpu, "results/speed_cuda.json"))
+    assert text.startswith("## Speed of a run on a GPU") and "Some GPU" in text.splitlines()[0]
+    assert "GPU: Some GPU (torch 2.11, CUDA 13.0, cuDNN 91900, TF32 convolutions on); host test box." in text
+    assert "Command: `python -m benchmarks.speed --device cuda --variants bf16:32`" in text
+    assert "Raw results: `results/speed_cuda.json`" in text
+    assert "| latency | 80.0 | 5.0 | 16.00x |" in text
+
 
 def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis_ratio():
     from benchmarks import data_free_report
