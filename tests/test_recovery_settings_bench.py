@@ -1,0 +1,46 @@
+"""The recovery-settings benchmark's larger draws: more real images than the tiny set, never from
+the held-out slice that settings are judged on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmarks.recovery_settings import outside_holdout, parse_variant
+from benchmarks.speed import holdout_slice
+from dfpractise.errors import DataError
+
+
+def _train_folder(root: Path, per_class: int) -> Path:
+    for index, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (index * 100, i * 10, 50)).save(root / name / f"{i:04d}.png")
+    return root
+
+
+def test_a_larger_draw_leaves_out_every_held_out_image(tmp_path):
+    train = _train_folder(tmp_path / "train", per_class=210)  # 200 a class are held out, 10 left
+    holdout = holdout_slice([], train, tmp_path / "holdout")
+    held = {p.resolve() for p in holdout.rglob("*.png")}
+    assert len(held) == 400
+    drawn = outside_holdout(train, holdout, 20, image_size=8, seed=3)
+    assert len(drawn.images) == 20 and drawn.images.shape[1:] == (3, 8, 8)
+    assert not {Path(f).resolve() for f in drawn.files} & held
+    assert sorted(drawn.labels.tolist()) == [0] * 10 + [1] * 10
+    again = outside_holdout(train, holdout, 20, image_size=8, seed=3)
+    assert again.files == drawn.files  # the run's seed draws the same images
+
+
+def test_asking_for_more_than_lies_outside_the_slice_is_refused_in_one_line(tmp_path):
+    train = _train_folder(tmp_path / "train", per_class=205)
+    holdout = holdout_slice([], train, tmp_path / "holdout")
+    with pytest.raises(DataError, match="holds 10 images outside the held-out slice"):
+        outside_holdout(train, holdout, 11, image_size=8, seed=1)
+
+
+def test_the_images_key_is_read_as_a_number_beside_recovery_settings():
+    label, changes = parse_variant("ceiling:images=8000,iterations=8000,method=mir-stages")
+    assert label == "ceiling" and changes == {"images": 8000, "iterations": 8000, "method": "mir-stages"}
