@@ -314,3 +314,26 @@ def test_the_recovery_settings_section_shows_each_selection_and_the_shared_means
     assert "| mir | 85.00 | 80.00 |" in text and "| stages | 86.50 | 80.25 |" in text
     assert "| extra |" not in text.split("Mean over the selections")[1], "only variants run on every selection"
     assert recovery_settings_report.section({}) == []
+
+
+def test_the_recovery_step_profile_sorts_operators_into_families():
+    from benchmarks.compile_probe import family
+
+    assert family("aten::convolution_backward") == family("aten::mkldnn_convolution") == "convolution"
+    assert family("aten::native_batch_norm_backward") == "batch norm"
+    assert family("aten::threshold_backward") == family("aten::clamp_min") == "relu"
+    assert family("aten::add_") == family("aten::_foreach_add_") == "elementwise (residual adds, optimiser)"
+    assert family("aten::_to_copy") == "copies and casts"
+    assert family("aten::mse_loss_backward") == "loss"
+    assert family("aten::empty_strided") == "other"
+
+
+def test_onednn_precision_is_set_for_the_step_and_restored():
+    import torch
+    from benchmarks.compile_probe import _onednn_precision
+
+    before = torch.backends.mkldnn.conv.fp32_precision
+    with _onednn_precision("bf16"):
+        assert torch.backends.mkldnn.conv.fp32_precision == "bf16"
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    assert torch.backends.mkldnn.conv.fp32_precision == before
