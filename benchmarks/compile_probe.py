@@ -177,6 +177,63 @@ def profile(teacher: torch.nn.Module, iterations: int, dtype: torch.dtype | None
                          for label, ms in sorted(by_family.items(), key=lambda kv: -kv[1])}}
 
 
+def section(record: dict) -> list[str]:
+    """The BENCHMARKS.md section: the step's time by operator family, each arithmetic setting and the
+    compile trials, from what the results file holds."""
+    if not record:
+        return []
+    lines = [
+        "## The recovery step: where its time goes (ResNet-56 without the headline run's eight blocks, batch 64)",
+        "",
+        "One step of recovery (student forward, mir-stages loss against pooled teacher targets, backward, SGD) "
+        "timed alone in one process. Machine: "
+        f"{record.get('machine')}, torch {record.get('torch')}. Raw results: `benchmarks/results/compile_probe.json`.",
+    ]
+    profile = record.get("profile")
+    if profile:
+        lines += [
+            "",
+            f"Self CPU time by operator family, per step, bf16 autocast and channels_last (what recovery runs; C "
+            "heap fixed as in a run): "
+            f"`{profile['command'].strip()}`, {profile['date']}, commit `{profile['commit']}`; "
+            f"{profile['iterations']} profiled steps of {profile['wall_ms_per_it']:.0f} ms each (the profiler "
+            "adds a little).",
+            "",
+            "| operator family | ms per step | share |",
+            "|---|---|---|",
+            *(f"| {label} | {row['ms_per_it']:.1f} | {100 * row['share']:.1f}% |"
+              for label, row in profile["families"].items()),
+        ]
+    arithmetic = record.get("arithmetic")
+    if arithmetic:
+        lines += [
+            "",
+            f"Each arithmetic setting, {arithmetic['rounds']} interleaved rounds of {arithmetic['iterations']} steps "
+            f"(median after 10 each): `{arithmetic['command'].strip()}`, {arithmetic['date']}, commit "
+            f"`{arithmetic['commit']}`. The loss after the steps says the settings train alike.",
+            "",
+            "| setting | s per step | rounds | this / default | loss after |",
+            "|---|---|---|---|---|",
+            *(f"| {name} | {row['steady_s_per_it']:.3f} | {', '.join(f'{t:.3f}' for t in row['rounds'])} | "
+              f"{row['over_default']:.2f}x | {row['loss_after']:.4f} |" for name, row in arithmetic["settings"].items()),
+        ]
+    if record.get("trials"):
+        lines += [
+            "",
+            f"`torch.compile` of the same step: `{record.get('command', 'python -m benchmarks.compile_probe')}`, "
+            f"{record.get('date')}, commit `{record.get('commit')}`.",
+            "",
+            "| trial | first three steps (s) | s per step, steady |",
+            "|---|---|---|",
+            *(f"| {t['compiled']} | {t['first_three_s']:.2f} | {t['steady_s_per_it']:.3f} |" for t in record["trials"]),
+            "",
+            f"Eager / compiled: {record['eager_over_compiled']:.2f}x; the compile pays back after "
+            + ", ".join(f"{v:.0f} iterations ({k} cache)" for k, v in record["break_even_iterations"].items()
+                        if v is not None) + ".",
+        ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=60, help="timed iterations per trial (at least 20)")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from benchmarks import (any_model_report, deployment_report, gpu_report, robustness_report, side_by_side_report,
                         sweep_report)
-from benchmarks import data_free_report, distributed_report, latency_agreement, recovery_settings_report, speed_report
+from benchmarks import (compile_probe, data_free_report, distributed_report, latency_agreement,
+                        recovery_settings_report, speed_report)
 from benchmarks import landing_noise
 from synthesizers.files import write_text_atomic
 
@@ -34,6 +35,7 @@ SIDE_BY_SIDE_PLOT = ROOT / "benchmarks" / "results" / "side_by_side.png"
 SWEEP_RESULTS = ROOT / "benchmarks" / "results" / "sweep.json"
 SPEED_RESULTS = ROOT / "benchmarks" / "results" / "speed.json"
 SPEED_CUDA_RESULTS = ROOT / "benchmarks" / "results" / "speed_cuda.json"
+STEP_RESULTS = ROOT / "benchmarks" / "results" / "compile_probe.json"
 DATA_FREE_RESULTS = ROOT / "benchmarks" / "results" / "data_free.json"
 AGREEMENT_RESULTS = ROOT / "benchmarks" / "results" / "latency_agreement.json"
 RECOVERY_SETTINGS_RESULTS = ROOT / "benchmarks" / "results" / "recovery_settings.json"
@@ -271,6 +273,7 @@ def main() -> None:
     distributed = json.loads(DISTRIBUTED_RESULTS.read_text()) if DISTRIBUTED_RESULTS.exists() else {}
     speed = json.loads(SPEED_RESULTS.read_text()) if SPEED_RESULTS.exists() else {}
     speed_cuda = json.loads(SPEED_CUDA_RESULTS.read_text()) if SPEED_CUDA_RESULTS.exists() else {}
+    step = json.loads(STEP_RESULTS.read_text()) if STEP_RESULTS.exists() else {}
     data_free = json.loads(DATA_FREE_RESULTS.read_text()) if DATA_FREE_RESULTS.exists() else {}
     agreement = json.loads(AGREEMENT_RESULTS.read_text()) if AGREEMENT_RESULTS.exists() else {}
     recovery_settings = json.loads(RECOVERY_SETTINGS_RESULTS.read_text()) if RECOVERY_SETTINGS_RESULTS.exists() else {}
@@ -313,6 +316,7 @@ def main() -> None:
         *([*speed_report.section(speed), ""] if speed_report.section(speed) else []),
         *([*speed_report.section(speed_cuda, str(SPEED_CUDA_RESULTS.relative_to(ROOT))), ""]
           if speed_report.section(speed_cuda) else []),
+        *([*compile_probe.section(step), ""] if step else []),
         *([*latency_agreement.section(agreement), ""] if agreement else []),
         *([*recovery_settings_report.section(recovery_settings), ""] if recovery_settings else []),
         *side_by_side_report.section(side_by_side, scoring, plot_name),

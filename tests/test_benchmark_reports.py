@@ -337,3 +337,28 @@ def test_onednn_precision_is_set_for_the_step_and_restored():
         assert torch.backends.mkldnn.conv.fp32_precision == "bf16"
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
     assert torch.backends.mkldnn.conv.fp32_precision == before
+
+
+def test_the_recovery_step_section_shows_the_profile_the_settings_and_the_compile_trials():
+    from benchmarks.compile_probe import section
+
+    stamp = {"date": "2026-12-05", "commit": "abc1234", "command": "python -m benchmarks.compile_probe --parts profile"}
+    record = {"machine": "test box", "torch": "2.x",
+              "profile": {**stamp, "iterations": 60, "wall_ms_per_it": 108.0,
+                          "families": {"convolution": {"ms_per_it": 43.1, "share": 0.442},
+                                       "other": {"ms_per_it": 3.4, "share": 0.035}}},
+              "arithmetic": {**stamp, "rounds": 2, "iterations": 60,
+                             "settings": {"bf16-autocast": {"steady_s_per_it": 0.1, "rounds": [0.1, 0.1],
+                                                            "over_default": 1.0, "loss_after": 0.49},
+                                          "fp32": {"steady_s_per_it": 0.169, "rounds": [0.168, 0.17],
+                                                   "over_default": 1.69, "loss_after": 0.4893}}},
+              "trials": [{"compiled": "eager", "first_three_s": 0.35, "steady_s_per_it": 0.108}],
+              "eager_over_compiled": 1.18, "break_even_iterations": {"cold": 2566.2, "warm": None},
+              "date": "2026-12-04", "commit": "def5678"}
+    text = "\n".join(section(record))
+    assert "| convolution | 43.1 | 44.2% |" in text
+    assert "| fp32 | 0.169 | 0.168, 0.170 | 1.69x | 0.4893 |" in text
+    assert "| eager | 0.35 | 0.108 |" in text and "commit `def5678`" in text
+    assert "after 2566 iterations (cold cache)." in text and "warm cache" not in text
+    assert section({}) == []
+    assert "torch.compile" not in "\n".join(section({"machine": "m", "torch": "t", "profile": record["profile"]}))
