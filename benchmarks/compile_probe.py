@@ -62,13 +62,13 @@ def stage_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 ARITHMETIC = {
-    "bf16-autocast": ("bf16", None, torch.channels_last),
-    "fp32": (None, None, torch.channels_last),
-    "fp32-onednn-bf16": (None, "bf16", torch.channels_last),
-    "bf16-autocast-contiguous": ("bf16", None, torch.contiguous_format),
+    "bf16-autocast": ("auto", None, torch.channels_last),
+    "fp32": ("fp32", None, torch.channels_last),
+    "fp32-onednn-bf16": ("fp32", "bf16", torch.channels_last),
+    "bf16-autocast-contiguous": ("auto", None, torch.contiguous_format),
 }
-"""Arithmetic settings of the ``arithmetic`` part: (autocast dtype, oneDNN's float32 precision for
-convolutions and matrix products, memory format). The first is what recovery runs on this CPU."""
+"""Arithmetic settings of the ``arithmetic`` part: (the run's ``precision``, oneDNN's float32
+precision for convolutions and matrix products, memory format). The first is what recovery runs."""
 
 FAMILIES = {
     "convolution": ("convolution", "conv"),
@@ -138,8 +138,8 @@ def arithmetic(teacher: torch.nn.Module, iterations: int, rounds: int) -> dict:
     times: dict[str, list[float]] = {name: [] for name in ARITHMETIC}
     losses: dict[str, float] = {}
     for _ in range(rounds):
-        for name, (autocast, onednn, memory_format) in ARITHMETIC.items():
-            dtype = torch.bfloat16 if autocast == "bf16" and precisions.native_bf16("cpu") else None
+        for name, (precision, onednn, memory_format) in ARITHMETIC.items():
+            dtype = precisions.resolve(precision, "cpu")
             with _onednn_precision(onednn):
                 student, optimizer, batches, wanted = _step_setup(teacher, dtype, memory_format)
                 times[name].append(statistics.median(

@@ -23,13 +23,12 @@ cores slow each other several times over (the seconds are recorded, not compared
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from benchmarks import engine_grid
-from benchmarks.speed import holdout_slice, load_average
+from benchmarks.speed import holdout_slice, linked_folder, load_average
 from dfpractise.recipe import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,14 +146,7 @@ def outside_holdout(train: Path, holdout_dir: Path, count: int, image_size: int,
     from dfpractise.sources import RealFolderSource
 
     held = {p.resolve() for p in holdout_dir.rglob("*") if p.is_symlink()}
-    rest = holdout_dir.with_name(holdout_dir.name + "-rest")
-    if rest.exists():
-        shutil.rmtree(rest)
-    for folder in sorted(p for p in train.iterdir() if p.is_dir()):
-        (rest / folder.name).mkdir(parents=True)
-        for image in sorted(folder.iterdir()):
-            if image.resolve() not in held:
-                (rest / folder.name / image.name).symlink_to(image.resolve())
+    rest = linked_folder(train, holdout_dir.with_name(holdout_dir.name + "-rest"), lambda spare: spare, held)
     spare = sum(1 for p in rest.rglob("*") if p.is_symlink())
     if count > spare:
         raise DataError(f"images={count}: {train} holds {spare} images outside the held-out slice")

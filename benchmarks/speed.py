@@ -58,8 +58,8 @@ def main() -> None:
                         "history (a device machine)")
     args = parser.parse_args()
     engine_grid.CODE_VERSION = args.commit or engine_grid.commit()  # the code this process imported
-    results["command"] = " ".join(["python -m benchmarks.speed", *sys.argv[1:]])
     results = engine_grid.load_results(args.results, empty={"runs": {}, "choose": {}})
+    results["command"] = " ".join(["python -m benchmarks.speed", *sys.argv[1:]])
     if args.device != "cpu":
         from benchmarks.gpu_pipeline import device_info
 
@@ -108,14 +108,20 @@ def whole_run(out: Path, precision: str, views: int, profile: str, device: str =
 def holdout_slice(tiny_files: list[str], train: Path, out: Path, seed: int = 15) -> Path:
     """A labelled folder of ``HOLDOUT_PER_CLASS`` train images per class, none of them in the tiny set
     (links into ``train``): where settings are chosen, so val stays unseen."""
-    if out.exists():
-        shutil.rmtree(out)
     used = {Path(f).resolve() for f in tiny_files}
     rng = random.Random(seed)
+    return linked_folder(train, out, lambda spare: rng.sample(spare, min(HOLDOUT_PER_CLASS, len(spare))), used)
+
+
+def linked_folder(train: Path, out: Path, pick, leave_out: set[Path]) -> Path:
+    """``out`` made afresh as a labelled folder of links into ``train``: for each class folder (in
+    name order), ``pick`` of its images (sorted) that are not in ``leave_out`` (resolved paths)."""
+    if out.exists():
+        shutil.rmtree(out)
     for folder in sorted(p for p in train.iterdir() if p.is_dir()):
-        spare = sorted(p for p in folder.iterdir() if p.resolve() not in used)
+        spare = sorted(p for p in folder.iterdir() if p.resolve() not in leave_out)
         (out / folder.name).mkdir(parents=True)
-        for picked in rng.sample(spare, min(HOLDOUT_PER_CLASS, len(spare))):
+        for picked in pick(spare):
             (out / folder.name / picked.name).symlink_to(picked.resolve())
     return out
 
