@@ -16,7 +16,8 @@ A variant is ``LABEL:key=value,key=value`` over the ``recovery`` section (values
 ``LABEL:`` alone is the recipe's own settings. One key is not a recovery setting: ``images=N`` recovers
 from N real training images outside the held-out slice (drawn with the run's seed) instead of the
 tiny set, the same selection: what recovery reaches with more data than a user has, so a goal can be
-told apart from what the selection allows. Run on a quiet machine: two torch processes on two
+told apart from what the selection allows. ``ood=N`` adds N out-of-domain photos to the images
+(label-free, as synthetic ones are) and ``tiny=false`` leaves the run's own set out. Run on a quiet machine: two torch processes on two
 cores slow each other several times over (the seconds are recorded, not compared across runs).
 """
 
@@ -34,6 +35,8 @@ from dfpractise.recipe import read_yaml
 ROOT = Path(__file__).resolve().parents[1]
 RECOVERY_ITERATIONS = 2000
 """Recovery steps of every variant unless it says otherwise (the selection ran one)."""
+IMAGE_KEYS = ("images", "ood", "tiny")
+"""Variant keys that choose the images recovered from, not recovery settings."""
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -123,10 +126,9 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
         if label in done:
             print(f"skip {label} (done)", flush=True)
             continue
-        recovery = {k: v for k, v in changes.items() if k != "images"}
+        recovery = {k: v for k, v in changes.items() if k not in IMAGE_KEYS}
         settings = config.recovery.replace(iterations=RECOVERY_ITERATIONS).replace(**recovery)
-        data = tiny if "images" not in changes else outside_holdout(train, holdout_dir, int(changes["images"]),
-                                                                    spec.input_size, config.seed)
+        data = variant_images(changes, tiny, train, holdout_dir, spec.input_size, config.seed)
         student = adapter.drop(dropped)
         load_before = load_average()
         result = recover(student, teacher, data.images, settings, train_augmentation(spec.input_size),
@@ -137,6 +139,32 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
                        "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.CODE_VERSION}
         save()
         print(label, done[label], flush=True)
+
+
+def variant_images(changes: dict, tiny, train: Path, holdout_dir: Path, image_size: int, seed: int):
+    """The images a variant recovers from: the run's tiny set, or ``images=N`` real ones outside the
+    held-out slice; ``ood=N`` adds N out-of-domain images (``$DFPRACTISE_ASSETS/imagenet-sample-256``,
+    drawn with the run's seed); ``tiny=false`` leaves the run's own set out (the added images alone)."""
+    from dfpractise.errors import DataError
+    from dfpractise.sources import OutOfDomainFolderSource, TinySet
+
+    parts = []
+    if "images" in changes:
+        parts.append(outside_holdout(train, holdout_dir, int(changes["images"]), image_size, seed))
+    elif changes.get("tiny", True):
+        parts.append(tiny)
+    if changes.get("ood"):
+        parts.append(OutOfDomainFolderSource(ood_folder()).load(int(changes["ood"]), image_size, seed))
+    if not parts:
+        raise DataError("this variant recovers from no images: tiny=false needs ood=N")
+    return parts[0] if len(parts) == 1 else TinySet.join(*parts)
+
+
+def ood_folder() -> Path:
+    """The out-of-domain photos of the offline assets (ImageNet samples, for CIFAR teachers)."""
+    import os
+
+    return Path(os.environ.get("DFPRACTISE_ASSETS") or ROOT.parent / "shared" / "assets") / "imagenet-sample-256"
 
 
 def outside_holdout(train: Path, holdout_dir: Path, count: int, image_size: int, seed: int):

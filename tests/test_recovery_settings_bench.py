@@ -44,3 +44,30 @@ def test_asking_for_more_than_lies_outside_the_slice_is_refused_in_one_line(tmp_
 def test_the_images_key_is_read_as_a_number_beside_recovery_settings():
     label, changes = parse_variant("ceiling:images=8000,iterations=8000,method=mir-stages")
     assert label == "ceiling" and changes == {"images": 8000, "iterations": 8000, "method": "mir-stages"}
+
+
+def _tiny(n: int, labelled: bool, value: float = 0.5):
+    import torch
+
+    from dfpractise.sources import TinySet
+
+    return TinySet(images=torch.full((n, 3, 8, 8), value), labels=torch.zeros(n, dtype=torch.long) if labelled else None)
+
+
+def test_out_of_domain_photos_are_added_to_the_run_s_set_unlabelled(tmp_path, monkeypatch):
+    from benchmarks.recovery_settings import variant_images
+
+    photos = tmp_path / "assets" / "imagenet-sample-256"
+    photos.mkdir(parents=True)
+    for i in range(6):
+        Image.new("RGB", (20, 12), (i * 40, 0, 0)).save(photos / f"n{i:08d}_x.JPEG")
+    monkeypatch.setenv("DFPRACTISE_ASSETS", str(tmp_path / "assets"))
+    tiny = _tiny(4, labelled=True)
+    both = variant_images({"ood": 5}, tiny, tmp_path, tmp_path, image_size=8, seed=1)
+    assert len(both) == 9 and both.labels is None
+    assert (both.images[:4] == 0.5).all() and not (both.images[4:] == 0.5).all()
+    alone = variant_images({"ood": 5, "tiny": False}, tiny, tmp_path, tmp_path, image_size=8, seed=1)
+    assert len(alone) == 5 and (alone.images == both.images[4:]).all()
+    assert variant_images({}, tiny, tmp_path, tmp_path, image_size=8, seed=1) is tiny
+    with pytest.raises(DataError, match="recovers from no images"):
+        variant_images({"tiny": False}, tiny, tmp_path, tmp_path, image_size=8, seed=1)

@@ -223,6 +223,21 @@ def test_tiny_set_checks_its_shapes() -> None:
         TinySet(images=torch.zeros(3, 4, 4))
 
 
+def test_joined_sets_keep_order_and_only_the_labels_every_part_has() -> None:
+    labelled = TinySet(images=torch.zeros(2, 3, 4, 4), labels=torch.tensor([1, 2]), class_names=["a", "b", "c"],
+                       files=["x.png", "y.png"], info={"source": "real"}, skipped=1)
+    photos = TinySet(images=torch.ones(3, 3, 4, 4), files=["p.jpg", "q.jpg", "r.jpg"], info={"source": "ood"})
+    both = TinySet.join(labelled, photos)
+    assert len(both) == 5 and both.images[:2].eq(0).all() and both.images[2:].eq(1).all()
+    assert both.labels is None and both.class_names is None  # one unlabelled part: no labels at all
+    assert both.files == ["x.png", "y.png", "p.jpg", "q.jpg", "r.jpg"] and both.skipped == 1
+    assert [p["source"] for p in both.info["parts"]] == ["real", "ood"]
+    twice = TinySet.join(labelled, labelled)
+    assert twice.labels.tolist() == [1, 2, 1, 2] and twice.class_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="one image size"):
+        TinySet.join(labelled, TinySet(images=torch.zeros(1, 3, 8, 8)))
+
+
 def test_registry(folder: Path) -> None:
     assert "real" in list_sources()
     source = create_source("real", root=folder, class_balanced=True)

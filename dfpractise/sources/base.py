@@ -60,6 +60,29 @@ class TinySet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @classmethod
+    def join(cls, *parts: "TinySet") -> "TinySet":
+        """One set holding every part's images in order (same image size), e.g. synthetic images and
+        out-of-domain photos together. Labels survive only when every part has them (a part without
+        labels makes the whole set unlabelled: only label-free recovery can use it); file names only
+        when every part has them."""
+        if not parts:
+            raise ValueError("TinySet.join needs at least one set")
+        sizes = {tuple(p.images.shape[2:]) for p in parts}
+        if len(sizes) > 1:
+            raise ValueError(f"TinySet.join needs one image size, got {sorted(sizes)}")
+        labelled = all(p.labels is not None for p in parts)
+        names = {tuple(p.class_names) for p in parts if p.class_names is not None}
+        return cls(
+            images=torch.cat([p.images for p in parts]),
+            labels=torch.cat([p.labels for p in parts]) if labelled else None,  # type: ignore[misc]
+            files=[f for p in parts for f in p.files] if all(p.files is not None for p in parts) else None,  # type: ignore[union-attr]
+            class_names=list(next(iter(names))) if labelled and len(names) == 1 else None,
+            skipped=sum(p.skipped for p in parts),
+            info={"parts": [dict(p.info, images=len(p)) for p in parts]},
+            report=next((p.report for p in parts if p.report is not None), None),
+        )
+
     def save_file_list(self, path: str | Path) -> Path:
         """Write which files (and labels) the set holds, one per line, tab separated.
 
