@@ -7,6 +7,8 @@ lossless CIFAR-10 and so seeing a shifted domain here), a 30% latency target, on
     real500     500 real CIFAR-10 training images (recipes/resnet56-real500.yaml)
     synthetic   512 BN-inversion images (recipes/resnet56-synthetic512.yaml: 200 steps, batch 256)
     generator   512 images of the meta-learned generator (its defaults)
+    ood         1000 out-of-domain photos (the assets' ImageNet samples, labels ignored)
+    synthetic+ood  the 512 BN-inversion images and the 1000 photos together (data.ood_path)
 
 Every synthetic set is made in a fresh cache folder, so its time is a real synthesis; the quality
 numbers (teacher agreement with the intended classes, BN-statistics distance per batch of 256)
@@ -43,7 +45,11 @@ SETS = {
     "real500": ("resnet56-real500.yaml", {}),
     "synthetic": ("resnet56-synthetic512.yaml", {}),
     "generator": ("resnet56-synthetic512.yaml", {"source": "generator", "synthesis": {}}),
+    "ood": ("resnet56-synthetic512.yaml", {"source": "ood", "path": "{ood}", "num_images": 1000, "synthesis": {}}),
+    "synthetic+ood": ("resnet56-synthetic512.yaml", {"ood_path": "{ood}", "ood_images": 1000}),
 }
+"""Out-of-domain photos (``{ood}``) are the assets' 1000 ImageNet samples, all of them: unlabelled
+images from another domain, which a team without its training data can still find."""
 
 
 def main() -> None:
@@ -69,6 +75,7 @@ def main() -> None:
             out = args.runs_dir / key
             cache = args.runs_dir / f"{key}-images"
             shutil.rmtree(cache, ignore_errors=True)
+            data = {k: v.format(ood=ood_folder()) if isinstance(v, str) else v for k, v in data.items()}
             overrides = {"model": TEACHERS[teacher], "weights": teacher, "seed": args.seed,
                          "data": {**data, **({"cache_dir": str(cache)} if name != "real500" else {})}}
             config = resolve_config(ROOT / "recipes" / recipe, overrides)
@@ -76,7 +83,7 @@ def main() -> None:
             start = time.perf_counter()
             result = compress(config, out, progress=Progress(quiet=args.quiet), overwrite=True)
             report = result.report
-            tiny = report.get("tiny_set") or real_quality(config)
+            tiny = report.get("tiny_set") or folder_quality(config)
             results["runs"][key] = {
                 "teacher": teacher, "set": name, "seed": args.seed, "label": args.label, "recipe": recipe,
                 "num_images": report["num_images"],
@@ -90,18 +97,25 @@ def main() -> None:
                   f"agreement {tiny.get('agreement')}, {row['wall_seconds']:.0f} s", flush=True)
 
 
-def real_quality(config) -> dict:
-    """Agreement and BN distance of the real tiny set, measured as the synthetic sets' are."""
-    from dfpractise.engine import load_teacher
-    from dfpractise.sources import RealFolderSource
+def folder_quality(config) -> dict:
+    """Agreement (labelled sets only) and BN distance of a set read from a folder (real images,
+    out-of-domain photos), measured as the synthetic sets' are; nothing was synthesised."""
+    from dfpractise.engine import load_teacher, load_tiny_set
     from synthesizers import quality_report
 
     teacher, _, _ = load_teacher(config.model, config.weights)
     spec = teacher.model_spec
-    tiny = RealFolderSource(config.data.path).load(config.data.num_images, spec.input_size, config.seed)
+    tiny = load_tiny_set(config, teacher, progress=Progress(quiet=True))
     report = quality_report(teacher, tiny.images, tiny.labels, spec.mean, spec.std)
-    return {"method": "real", "agreement": report.get("agreement"), "bn_distance": report.get("bn_distance"),
-            "synthesis_seconds": 0.0}
+    return {"method": config.data.source, "agreement": report.get("agreement"),
+            "bn_distance": report.get("bn_distance"), "synthesis_seconds": 0.0}
+
+
+def ood_folder() -> Path:
+    """The offline assets' out-of-domain photos (ImageNet samples, for CIFAR teachers)."""
+    import os
+
+    return Path(os.environ.get("DFPRACTISE_ASSETS") or ROOT.parent / "shared" / "assets") / "imagenet-sample-256"
 
 
 if __name__ == "__main__":

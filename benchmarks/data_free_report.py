@@ -6,6 +6,8 @@ SET_NAMES = {
     "real500": "500 real images",
     "synthetic": "512 BN-inversion images",
     "generator": "512 generator images",
+    "ood": "1000 out-of-domain photos",
+    "synthetic+ood": "512 BN-inversion images + 1000 out-of-domain photos",
 }
 
 
@@ -54,7 +56,7 @@ def section(record: dict) -> list[str]:
             f"| {run['teacher']} | {SET_NAMES.get(run['set'], run['set'])} | {version(run)} `{run['commit']}` | "
             f"{run['teacher_top1']:.2f} | {run['pruned_top1']:.2f} | {run['drop_top1']:.2f} | "
             f"{100 * run['reduction']:.1f}% | {_number(tiny.get('synthesis_seconds'), 0)} | "
-            f"{_number(100 * agreement if agreement is not None else None, 1)}% | "
+            f"{_number(100 * agreement, 1) + '%' if agreement is not None else '-'} | "
             f"{_number(tiny.get('bn_distance'), 1)} | {len(run['dropped'])} | {run['wall_seconds']:.0f} |")
     ratios = []
     for teacher, label in sorted({(r["teacher"], version(r)) for r in runs.values()}):

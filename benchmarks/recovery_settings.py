@@ -145,6 +145,7 @@ def variant_images(changes: dict, tiny, train: Path, holdout_dir: Path, image_si
     """The images a variant recovers from: the run's tiny set, or ``images=N`` real ones outside the
     held-out slice; ``ood=N`` adds N out-of-domain images (``$DFPRACTISE_ASSETS/imagenet-sample-256``,
     drawn with the run's seed); ``tiny=false`` leaves the run's own set out (the added images alone)."""
+    from benchmarks.data_free import ood_folder
     from dfpractise.errors import DataError
     from dfpractise.sources import OutOfDomainFolderSource, TinySet
 
@@ -158,13 +159,6 @@ def variant_images(changes: dict, tiny, train: Path, holdout_dir: Path, image_si
     if not parts:
         raise DataError("this variant recovers from no images: tiny=false needs ood=N")
     return parts[0] if len(parts) == 1 else TinySet.join(*parts)
-
-
-def ood_folder() -> Path:
-    """The out-of-domain photos of the offline assets (ImageNet samples, for CIFAR teachers)."""
-    import os
-
-    return Path(os.environ.get("DFPRACTISE_ASSETS") or ROOT.parent / "shared" / "assets") / "imagenet-sample-256"
 
 
 def outside_holdout(train: Path, holdout_dir: Path, count: int, image_size: int, seed: int):

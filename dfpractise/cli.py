@@ -262,6 +262,8 @@ def main() -> None:
 @setting_option("--rebuild-cache", path="data.rebuild_cache")
 @setting_option("--auto-synthesis", path="data.auto_synthesis")
 @setting_option("--save-samples", path="data.save_samples")
+@setting_option("--ood-data", path="data.ood_path")
+@setting_option("--ood-images", path="data.ood_images")
 @setting_option("--eval-data", path="data.eval_path")
 @setting_option("--latency-reduction", path="latency_reduction")
 @setting_option("--drop", path="drop")

@@ -160,6 +160,11 @@ class DataConfig(Settings):
                                  "first: each declared candidate tried on a 64-image probe, scored by teacher "
                                  "agreement, BN-statistics distance and feature diversity (never by accuracy); "
                                  "data.synthesis settings still win.")
+    ood_path: str | None = Field(None, description="Folder of unrelated photos (any images, searched recursively, "
+                                 "labels ignored) added to the tiny set: out-of-domain images beside synthetic "
+                                 "ones, both label-free, so recovery sees more than the teacher's own inversions.")
+    ood_images: int | None = Field(None, ge=1, description="Photos drawn from data.ood_path with the run's seed "
+                                   "(default: as many as data.num_images).")
     save_samples: bool = Field(False, description="Keep a grid of the tiny set's images (samples.png) in the run "
                                "folder; synthesised sets always keep theirs, real and out-of-domain ones only "
                                "their file names and hashes unless asked.")
@@ -287,6 +292,9 @@ class RunConfig(Settings):
                               "between the two")
         if self.drop is None and self.latency_reduction is None:
             raise ConfigError("give a latency-reduction target (e.g. 0.3) or a drop count")
+        if self.data.ood_images is not None and self.data.ood_path is None:
+            raise ConfigError("data.ood_images says how many photos to add from data.ood_path, which is not set "
+                              "(--ood-data FOLDER)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -268,8 +268,23 @@ def load_tiny_set(config: RunConfig, teacher: nn.Module, teacher_id: str | None 
     context = SourceContext.for_teacher(teacher, teacher_id=teacher_id, device=config.device, progress=progress)
     args = (config.data.num_images, context.input_size, config.seed)
     if "context" not in inspect.signature(source.load).parameters:
-        return source.load(*args)  # a source written before sources had a context
-    return source.load(*args, context=context)
+        tiny = source.load(*args)  # a source written before sources had a context
+    else:
+        tiny = source.load(*args, context=context)
+    return with_ood_photos(config, tiny, context.input_size, progress)
+
+
+def with_ood_photos(config: RunConfig, tiny: Any, image_size: int, progress: Progress) -> Any:
+    """The tiny set with ``data.ood_path``'s photos after its own images (unlabelled, so the whole
+    set is), drawn with the run's seed; the set itself when no folder is named."""
+    from .sources import OutOfDomainFolderSource, TinySet
+
+    if config.data.ood_path is None:
+        return tiny
+    count = config.data.ood_images or config.data.num_images
+    photos = OutOfDomainFolderSource(config.data.ood_path).load(count, image_size, config.seed)
+    progress.log(f"added {len(photos)} out-of-domain photos from {config.data.ood_path}")
+    return TinySet.join(tiny, photos)
 
 
 def check_tiny_set(config: RunConfig, tiny: Any, progress: Progress, spec: ModelSpec | None = None) -> Any:
@@ -296,8 +311,10 @@ def check_tiny_set(config: RunConfig, tiny: Any, progress: Progress, spec: Model
             tiny = replace(tiny, labels=torch.tensor(indices, dtype=torch.int64)[tiny.labels],
                            class_names=label_names(tiny.class_names, indices, spec))
     if needs_labels and tiny.labels is None:
-        raise ConfigError(f"{method.upper()} recovery needs labelled images and the '{config.data.source}' source "
-                          f"has no labels; use --recovery {' or '.join(label_free_methods())}")
+        why = ("out-of-domain photos (data.ood_path) have none" if config.data.ood_path is not None
+               else f"the '{config.data.source}' source has no labels")
+        raise ConfigError(f"{method.upper()} recovery needs labelled images and {why}; "
+                          f"use --recovery {' or '.join(label_free_methods())}")
     progress.log(f"tiny set: {len(tiny)} images from '{config.data.source}'"
                  + (f" ({tiny.skipped} unreadable skipped)" if tiny.skipped else ""))
     return tiny

@@ -26,6 +26,7 @@ from .models.weights import read_safetensors, save_safetensors
 from .latency import BlockLatencyProfile
 from .recoverability import BlockCosts
 from .report import read_json, save_sample_grid, write_json
+from .sources.base import reported_part
 from .selection import Selection
 
 MANIFEST_FORMAT = "dfpractise-manifest/2"  # /2 adds the sha256 of the weights files in the folder
@@ -457,8 +458,10 @@ class RunFolder:
             return
         if tiny.files:
             tiny.save_file_list(self.path / FILE_LIST)
-        if save_samples or tiny.report is not None:  # a quality report: images made here, not the user's
+        if save_samples:
             save_sample_grid(tiny.images, tiny.labels, self.path / SAMPLES)
+        elif tiny.report is not None:  # a quality report: images made here (not a user's photos beside them)
+            save_sample_grid(*reported_part(tiny), self.path / SAMPLES)
         if tiny.report is not None:
             write_json(tiny.report, self.path / TINY_SET_REPORT)
 

@@ -148,6 +148,49 @@ def test_cli_run_with_out_of_domain_images(tmp_path, assets_dir):
     assert all(name.endswith(".JPEG") and label == "" and len(sha) == 64 for name, label, sha in entries)
 
 
+def test_cli_run_with_synthetic_images_and_out_of_domain_photos_beside_them(tmp_path, assets_dir):
+    out = tmp_path / "run"
+    result = _invoke(
+        "run", "--model", "cifar10_resnet20", "--weights", "cifar10jpeg-resnet20", "--source", "synthetic",
+        "--num-images", "16", "--ood-data", assets_dir / "imagenet-sample-256", "--ood-images", "8",
+        "--latency-reduction", "0.1", "--seed", "1", "--out", out, "--synthesis-option", "steps=3",
+        "--synthesis-option", "batch_size=8", "--score-iterations", "2", "--recovery-iterations", "3",
+        "--latency-repeats", "2", "--batch-size", "16", "--quiet", "--json",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["tiny_set"]["method"] == "bn-inversion"  # the quality report of the images made here
+    entries = [l.split("\t") for l in (out / "tiny_set.txt").read_text().splitlines() if not l.startswith("#")]
+    assert len(entries) == 24
+    assert all(str(tmp_path / "cache") in name for name, _, _ in entries[:16])
+    photos = entries[16:]
+    assert all(name.startswith(str(assets_dir)) and name.endswith(".JPEG") and len(sha) == 64 for name, _, sha in photos)
+    assert "ood_path:" in (out / "recipe.yaml").read_text()
+    again = _invoke("run", "--recipe", out / "recipe.yaml", "--out", tmp_path / "again", "--quiet", "--json")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again" / "tiny_set.txt").read_text() == (out / "tiny_set.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--ood-images", "8"], "data.ood_path, which is not set"),
+        (["--ood-data", "no/such/folder"], "no/such/folder"),
+        (["--ood-data", "{assets}/imagenet-sample-256", "--ood-images", "5000"], "holds only 1000"),
+        (["--ood-data", "{assets}/imagenet-sample-256", "--recovery", "bp"], "out-of-domain photos"),
+    ],
+)
+def test_cli_run_with_photos_that_cannot_work_is_one_line(tmp_path, assets_dir, extra, fragment):
+    extra = [str(e).replace("{assets}", str(assets_dir)) for e in extra]
+    result = _invoke(
+        "run", "--model", "cifar10_resnet20", "--weights", "cifar10jpeg-resnet20", "--source", "synthetic",
+        "--num-images", "8", "--synthesis-option", "steps=1", "--latency-reduction", "0.1",
+        "--out", tmp_path / "run", "--quiet", *extra,
+    )
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and result.output.strip().count("\n") == 0
+
+
 def test_cli_run_with_bp_recovery_needs_labels_that_ood_lacks(tmp_path, assets_dir):
     result = _invoke(
         "run", "--model", "cifar10_resnet20", "--weights", "cifar10jpeg-resnet20", "--source", "ood",

@@ -230,12 +230,26 @@ def test_joined_sets_keep_order_and_only_the_labels_every_part_has() -> None:
     both = TinySet.join(labelled, photos)
     assert len(both) == 5 and both.images[:2].eq(0).all() and both.images[2:].eq(1).all()
     assert both.labels is None and both.class_names is None  # one unlabelled part: no labels at all
-    assert both.files == ["x.png", "y.png", "p.jpg", "q.jpg", "r.jpg"] and both.skipped == 1
+    assert both.files == ["x.png", "y.png", "p.jpg", "q.jpg", "r.jpg"] and both.skipped == 1  # no root: as they were
     assert [p["source"] for p in both.info["parts"]] == ["real", "ood"]
     twice = TinySet.join(labelled, labelled)
     assert twice.labels.tolist() == [1, 2, 1, 2] and twice.class_names == ["a", "b", "c"]
     with pytest.raises(ValueError, match="one image size"):
         TinySet.join(labelled, TinySet(images=torch.zeros(1, 3, 8, 8)))
+
+
+def test_joined_files_are_found_under_their_part_s_root_and_only_made_images_are_pictured(tmp_path: Path) -> None:
+    from dfpractise.sources.base import reported_part
+
+    made = TinySet(images=torch.zeros(3, 3, 4, 4), labels=torch.tensor([0, 1, 2]), files=[str(tmp_path / "m.png")] * 3,
+                   report={"agreement": 1.0}, info={"source": "synthetic"})
+    photos = TinySet(images=torch.ones(2, 3, 4, 4), files=["a/p.jpg", "q.jpg"], info={"source": "ood", "root": "/photos"})
+    both = TinySet.join(made, photos)
+    assert both.files[3:] == ["/photos/a/p.jpg", "/photos/q.jpg"] and both.report == {"agreement": 1.0}
+    images, labels = reported_part(both)
+    assert images.shape[0] == 3 and images.eq(0).all() and labels is None  # the photos are not pictured
+    assert reported_part(made)[0] is made.images and reported_part(made)[1] is made.labels
+    assert reported_part(TinySet.join(photos, photos))[0].shape[0] == 0
 
 
 def test_registry(folder: Path) -> None:

@@ -65,7 +65,7 @@ class TinySet:
         """One set holding every part's images in order (same image size), e.g. synthetic images and
         out-of-domain photos together. Labels survive only when every part has them (a part without
         labels makes the whole set unlabelled: only label-free recovery can use it); file names only
-        when every part has them."""
+        when every part has them, each found from the joined set alone (under its part's root)."""
         if not parts:
             raise ValueError("TinySet.join needs at least one set")
         sizes = {tuple(p.images.shape[2:]) for p in parts}
@@ -76,10 +76,10 @@ class TinySet:
         return cls(
             images=torch.cat([p.images for p in parts]),
             labels=torch.cat([p.labels for p in parts]) if labelled else None,  # type: ignore[misc]
-            files=[f for p in parts for f in p.files] if all(p.files is not None for p in parts) else None,  # type: ignore[union-attr]
+            files=[_rooted(f, p) for p in parts for f in p.files] if all(p.files is not None for p in parts) else None,  # type: ignore[union-attr]
             class_names=list(next(iter(names))) if labelled and len(names) == 1 else None,
             skipped=sum(p.skipped for p in parts),
-            info={"parts": [dict(p.info, images=len(p)) for p in parts]},
+            info={"parts": [dict(p.info, images=len(p), reported=p.report is not None) for p in parts]},
             report=next((p.report for p in parts if p.report is not None), None),
         )
 
@@ -104,6 +104,28 @@ class TinySet:
         for name, label in zip(self.files or [], labels):
             lines.append(f"{name}\t{'' if label is None else label}\t{_file_sha256(name, root)}")
         return write_text_atomic(out, "\n".join(lines) + "\n")
+
+
+def _rooted(name: str, part: TinySet) -> str:
+    """A part's file name as it can be found outside the part: under the part's root if relative."""
+    root = part.info.get("root")
+    return name if root is None or Path(name).is_absolute() else (Path(str(root)) / name).as_posix()
+
+
+def reported_part(tiny: TinySet) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images (and labels) of the parts a set's quality report is about: all of a set that was not
+    joined; of a joined one only the parts made here, since the others (a user's photos) are not
+    for a picture in the run folder unless asked."""
+    parts = tiny.info.get("parts")
+    if not parts:
+        return tiny.images, tiny.labels
+    keep, start = [], 0
+    for part in parts:
+        if part.get("reported"):
+            keep.append(slice(start, start + int(part["images"])))
+        start += int(part["images"])
+    index = torch.cat([torch.arange(len(tiny))[k] for k in keep]) if keep else torch.zeros(0, dtype=torch.long)
+    return tiny.images[index], (tiny.labels[index] if tiny.labels is not None else None)
 
 
 def read_file_list(path: str | Path) -> list[tuple[str, int | None]]:
