@@ -290,3 +290,21 @@ def test_cifar10_train_draw(assets_dir: Path) -> None:
     pairs = zip(tiny.files, tiny.labels.tolist())
     assert all(Path(f).parent.name == tiny.class_names[y] for f, y in pairs)
     assert tiny.labels.unique().numel() == 10
+
+
+def test_photos_beside_a_set_default_to_its_size_and_follow_the_seed(folder: Path) -> None:
+    from dfpractise.config import DataConfig, RunConfig
+    from dfpractise.engine import with_ood_photos
+    from dfpractise.progress import Progress
+
+    made = TinySet(images=torch.zeros(3, 3, 8, 8), labels=torch.tensor([0, 1, 0]))
+    config = RunConfig(model="cifar10_resnet20", drop=1, seed=4, data=DataConfig(num_images=3, ood_path=str(folder)))
+    joined = with_ood_photos(config, made, 8, Progress(quiet=True))
+    assert len(joined) == 6 and joined.labels is None and joined.images[:3].eq(0).all()
+    again = with_ood_photos(config, made, 8, Progress(quiet=True))
+    assert torch.equal(again.images, joined.images)  # same seed, same photos
+    assert [p["seed"] for p in joined.info["parts"][1:]] == [4]
+    more = config.model_copy(update={"data": DataConfig(num_images=3, ood_path=str(folder), ood_images=5)})
+    assert len(with_ood_photos(more, made, 8, Progress(quiet=True))) == 8
+    none = config.model_copy(update={"data": DataConfig(num_images=3)})
+    assert with_ood_photos(none, made, 8, Progress(quiet=True)) is made
