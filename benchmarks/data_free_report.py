@@ -26,11 +26,14 @@ def section(record: dict) -> list[str]:
         "## Data-free on every teacher (CIFAR-10, 30% target)",
         "",
         "Each teacher in `../shared/assets/weights` compressed with the same default settings (no per-teacher "
-        "tuning), from 500 real training images, from 512 BN-inversion images and from 512 images of the "
-        "meta-learned generator; top-1 on `cifar10-jpeg/val` (5,000 images). Synthesis is timed from an empty "
+        "tuning), from 500 real training images, from 512 BN-inversion images, from 512 images of the "
+        "meta-learned generator, from 1000 out-of-domain photos (the ImageNet sample images, labels ignored: no "
+        "CIFAR image, but not no data) and from those photos beside the 512 BN-inversion images "
+        "(`data.ood_path`); top-1 on `cifar10-jpeg/val` (5,000 images). Synthesis is timed from an empty "
         "cache in the same run; agreement is the share of synthetic images the teacher classifies as their "
-        "intended class (for real images: as their label); BN distance is the mean over batches of 256 of the "
-        "summed distances between the batch's BatchNorm statistics and the teacher's running ones.",
+        "intended class (for real images: as their label; photos have none); BN distance is the mean over batches "
+        "of 256 of the summed distances between the batch's BatchNorm statistics and the teacher's running ones "
+        "(for photos beside synthetic images: of the synthetic images).",
         "",
         f"Machine: {any_run['machine']}. Dates: {', '.join(dates)}. Commits: {', '.join(f'`{c}`' for c in commits)}.",
         "Command: `python -m benchmarks.data_free`, then `python -m benchmarks.write_benchmarks`. Raw results: "

@@ -161,8 +161,8 @@ class DataConfig(Settings):
                                  "agreement, BN-statistics distance and feature diversity (never by accuracy); "
                                  "data.synthesis settings still win.")
     ood_path: str | None = Field(None, description="Folder of unrelated photos (any images, searched recursively, "
-                                 "labels ignored) added to the tiny set: out-of-domain images beside synthetic "
-                                 "ones, both label-free, so recovery sees more than the teacher's own inversions.")
+                                 "labels ignored) added after any source's images, e.g. out-of-domain photos beside "
+                                 "synthetic images: both label-free, so a team without its training data can use them.")
     ood_images: int | None = Field(None, ge=1, description="Photos drawn from data.ood_path with the run's seed "
                                    "(default: as many as data.num_images).")
     save_samples: bool = Field(False, description="Keep a grid of the tiny set's images (samples.png) in the run "
