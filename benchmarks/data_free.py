@@ -17,6 +17,7 @@ drawn set. Accuracy is on cifar10-jpeg/val (5,000 images).
 
     python -m benchmarks.data_free
     python -m benchmarks.data_free --teachers cifar10jpeg-resnet56 --sets synthetic generator
+    python -m benchmarks.data_free --quality    # what each finished run's teacher saw in its set
     python -m benchmarks.write_benchmarks
 
 Results are saved after each run; an interrupted benchmark continues where it stopped.
@@ -61,7 +62,11 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "data_free.json")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-data-free")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quality", action="store_true",
+                        help="run nothing: measure what the teacher sees in each finished run's tiny set")
     args = parser.parse_args()
+    if args.quality:
+        return measure_set_quality(args.results, args.runs_dir)
 
     engine_grid.CODE_VERSION = engine_grid.commit()
     results = engine_grid.load_results(args.results)
@@ -109,6 +114,50 @@ def folder_quality(config) -> dict:
     report = quality_report(teacher, tiny.images, tiny.labels, spec.mean, spec.std)
     return {"method": config.data.source, "agreement": report.get("agreement"),
             "bn_distance": report.get("bn_distance"), "synthesis_seconds": 0.0}
+
+
+def measure_set_quality(results_path: Path, runs_dir: Path) -> None:
+    """For every run in the results whose folder is still here, what its teacher sees in the tiny set
+    it recovered from (the same images, read back through its recipe): how confident, how varied
+    its features, how its predictions spread over the classes. Synthesis-side signals, measured the
+    same way on every source, to set beside each source's drop."""
+    from dfpractise.engine import load_teacher, load_tiny_set
+    from synthesizers import quality_report
+
+    results = engine_grid.load_results(results_path)
+    version = engine_grid.commit()
+    teachers: dict = {}
+    for key, run in sorted(results["runs"].items()):
+        folder = runs_dir / key
+        if "set_quality" in run or not (folder / "recipe.yaml").exists():
+            continue
+        config = resolve_config(folder / "recipe.yaml", {})
+        if run["teacher"] not in teachers:
+            teachers[run["teacher"]] = load_teacher(config.model, config.weights)[0]
+        teacher = teachers[run["teacher"]]
+        spec = teacher.model_spec
+        tiny = load_tiny_set(config, teacher, progress=Progress(quiet=True))
+        report = quality_report(teacher, tiny.images, None, spec.mean, spec.std)
+        spread = class_spread(list(report["predicted_histogram"].values()), spec.num_classes)
+        run["set_quality"] = {"images": len(tiny), "teacher_confidence": report["teacher_confidence"],
+                              "feature_diversity": report["feature_diversity"], "class_spread": spread,
+                              "bn_distance": report["bn_distance"], "commit": version}
+        engine_grid.save_results(results, results_path)
+        print(key, run["set_quality"], flush=True)
+
+
+def class_spread(counts: list[int], num_classes: int | None = None) -> float:
+    """Entropy of how often each class was predicted, over that of an even spread across
+    ``num_classes`` (default: as many as counted): 1 when every class comes equally often, 0 when
+    one class takes all."""
+    import math
+
+    classes = num_classes or len(counts)
+    total = sum(counts)
+    if classes < 2 or total == 0:
+        return 0.0
+    entropy = -sum(c / total * math.log(c / total) for c in counts if c)
+    return round(entropy / math.log(classes), 4)
 
 
 def ood_folder() -> Path:

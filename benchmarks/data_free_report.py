@@ -70,6 +70,7 @@ def section(record: dict) -> list[str]:
     if ratios:
         lines += ["", "Synthesis time, BN inversion / generator, each measured in its own run of this benchmark: "
                   + ", ".join(ratios) + "."]
+    lines += quality_table(runs, set_rank, version)
     pairs = {}
     for run in runs.values():
         pairs.setdefault((run["teacher"], run["set"]), {})[version(run)] = run
@@ -83,4 +84,28 @@ def section(record: dict) -> list[str]:
             cells = [f"{by_label[v]['drop_top1']:.2f} ({100 * by_label[v]['reduction']:.1f}%)" if v in by_label
                      else "-" for v in ["before", *labels]]
             lines.append(f"| {teacher} | {SET_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def quality_table(runs: dict, set_rank, version) -> list[str]:
+    """What each run's teacher saw in its tiny set (``data_free.py --quality``), beside its drop."""
+    measured = {k: r for k, r in runs.items() if r.get("set_quality")}
+    if not measured:
+        return []
+    commits = sorted({r["set_quality"]["commit"] for r in measured.values()})
+    lines = ["", "What the teacher sees in each run's tiny set (`python -m benchmarks.data_free --quality`, commits "
+             + ", ".join(f"`{c}`" for c in commits) + "; the same images the run recovered from, all of them): "
+             "*confidence* is the teacher's mean top softmax probability, *diversity* the mean cosine distance "
+             "between the teacher's penultimate features of two images of the set, *class spread* the entropy of "
+             "its predicted classes over the set divided by that of a uniform spread (1: every class equally "
+             "often), *BN distance* as above but over the whole set.", "",
+             "| teacher | tiny set | code | images | confidence | diversity | class spread | BN distance | drop |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, run in sorted(measured.items(), key=lambda kv: (kv[1]["teacher"], set_rank(kv[1]["set"]),
+                                                            version(kv[1]), kv[0])):
+        quality = run["set_quality"]
+        lines.append(f"| {run['teacher']} | {SET_NAMES.get(run['set'], run['set'])} | {version(run)} | "
+                     f"{quality['images']} | {quality['teacher_confidence']:.3f} | "
+                     f"{_number(quality['feature_diversity'], 3)} | {quality['class_spread']:.3f} | "
+                     f"{_number(quality['bn_distance'], 1)} | {run['drop_top1']:.2f} |")
     return lines

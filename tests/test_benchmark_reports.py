@@ -267,6 +267,40 @@ def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis
     assert data_free_report.section({}) == []
 
 
+def test_the_data_free_section_sets_what_the_teacher_sees_beside_each_drop():
+    from benchmarks import data_free_report
+
+    def run(name, drop, quality):
+        return {"teacher": "r20", "set": name, "teacher_top1": 81.0, "pruned_top1": 81.0 - drop, "drop_top1": drop,
+                "reduction": 0.33, "dropped": ["a"], "wall_seconds": 100.0, "date": "2026-12-05", "commit": "abc1234",
+                "machine": "test box", "label": "pooled", "tiny_set": {}, **({"set_quality": quality} if quality else {})}
+
+    seen = {"images": 1000, "teacher_confidence": 0.71234, "feature_diversity": 0.5, "class_spread": 0.9,
+            "bn_distance": 55.41, "commit": "fff0000"}
+    record = {"runs": {"r20-ood": run("ood", 1.94, seen),
+                       "r20-synthetic": run("synthetic", 4.72, {**seen, "images": 512, "teacher_confidence": 0.999,
+                                                                "feature_diversity": None}),
+                       "r20-generator": run("generator", 3.44, None)}}
+    text = "\n".join(data_free_report.section(record))
+    rows = [line for line in text.splitlines() if line.startswith("| r20 |") and line.count(" | ") == 8]
+    assert rows == ["| r20 | 512 BN-inversion images | pooled | 512 | 0.999 | - | 0.900 | 55.4 | 4.72 |",
+                    "| r20 | 1000 out-of-domain photos | pooled | 1000 | 0.712 | 0.500 | 0.900 | 55.4 | 1.94 |"]
+    assert "`python -m benchmarks.data_free --quality`, commits `fff0000`" in text
+    del record["runs"]["r20-ood"]["set_quality"], record["runs"]["r20-synthetic"]["set_quality"]
+    assert "--quality" not in "\n".join(data_free_report.section(record))
+
+
+def test_class_spread_is_one_for_an_even_spread_and_zero_for_one_class():
+    from benchmarks.data_free import class_spread
+
+    assert class_spread([5, 5, 5, 5]) == 1.0
+    assert class_spread([20, 0, 0, 0]) == 0.0
+    assert class_spread([5, 5, 0, 0]) == 0.5  # two classes of four, evenly
+    assert class_spread([5, 5], num_classes=4) == 0.5  # classes never predicted still count
+    assert 0.5 < class_spread([9, 1, 5, 5]) < 1.0
+    assert class_spread([]) == 0.0
+
+
 def _engine_run(target: float, cut: float, predicted: float | None, confirmed: float, seed: int = 1,
                 scorer: str = "recoverability") -> dict:
     return {"num_images": 50, "target": target, "seed": seed, "scorer": scorer, "recovery_iterations": 500,
