@@ -132,6 +132,9 @@ def measure_set_quality(results_path: Path, runs_dir: Path) -> None:
         if "set_quality" in run or not (folder / "recipe.yaml").exists():
             continue
         config = resolve_config(folder / "recipe.yaml", {})
+        if config.data.cache_dir and not Path(config.data.cache_dir).exists():
+            print(f"skip {key}: its synthetic images ({config.data.cache_dir}) are gone", flush=True)
+            continue
         if run["teacher"] not in teachers:
             teachers[run["teacher"]] = load_teacher(config.model, config.weights)[0]
         teacher = teachers[run["teacher"]]
