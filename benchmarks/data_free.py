@@ -136,10 +136,10 @@ def measure_set_quality(results_path: Path, runs_dir: Path) -> None:
             print(f"skip {key}: its synthetic images ({config.data.cache_dir}) are gone", flush=True)
             continue
         if run["teacher"] not in teachers:
-            teachers[run["teacher"]] = load_teacher(config.model, config.weights)[0]
-        teacher = teachers[run["teacher"]]
+            teachers[run["teacher"]] = load_teacher(config.model, config.weights)
+        teacher, _, sha = teachers[run["teacher"]]
         spec = teacher.model_spec
-        tiny = load_tiny_set(config, teacher, progress=Progress(quiet=True))
+        tiny = load_tiny_set(config, teacher, sha, progress=Progress(quiet=True))  # the run's cache: same teacher id
         report = quality_report(teacher, tiny.images, None, spec.mean, spec.std)
         spread = class_spread(list(report["predicted_histogram"].values()), spec.num_classes)
         run["set_quality"] = {"images": len(tiny), "teacher_confidence": report["teacher_confidence"],

@@ -96,9 +96,9 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
 
     loaded = load_run(run)
     config = resolve_config(run / "recipe.yaml", {})
-    teacher, _, _ = load_teacher(config.model, config.weights, config)
+    teacher, _, sha = load_teacher(config.model, config.weights, config)
     spec = teacher.model_spec
-    tiny = load_tiny_set(config, teacher, progress=Progress(quiet=True))
+    tiny = load_tiny_set(config, teacher, sha, progress=Progress(quiet=True))  # the selection's own cached set
     if config.data.source in ("real", "ood"):
         train = Path(config.data.path)
         tiny_files = tiny.files
