@@ -132,7 +132,8 @@ def measure_set_quality(results_path: Path, runs_dir: Path) -> None:
         if "set_quality" in run or not (folder / "recipe.yaml").exists():
             continue
         config = resolve_config(folder / "recipe.yaml", {})
-        if config.data.cache_dir and not Path(config.data.cache_dir).exists():
+        made = config.data.source not in ("real", "ood")  # folder sources keep no cache
+        if made and config.data.cache_dir and not Path(config.data.cache_dir).exists():
             print(f"skip {key}: its synthetic images ({config.data.cache_dir}) are gone", flush=True)
             continue
         if run["teacher"] not in teachers:
