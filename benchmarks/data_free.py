@@ -166,9 +166,9 @@ def class_spread(counts: list[int], num_classes: int | None = None) -> float:
 
 def ood_folder() -> Path:
     """The offline assets' out-of-domain photos (ImageNet samples, for CIFAR teachers)."""
-    import os
+    from benchmarks.any_model import assets
 
-    return Path(os.environ.get("DFPRACTISE_ASSETS") or ROOT.parent / "shared" / "assets") / "imagenet-sample-256"
+    return assets() / "imagenet-sample-256"
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ A variant is ``LABEL:key=value,key=value`` over the ``recovery`` section (values
 from N real training images outside the held-out slice (drawn with the run's seed) instead of the
 tiny set, the same selection: what recovery reaches with more data than a user has, so a goal can be
 told apart from what the selection allows. ``ood=N`` adds N out-of-domain photos to the images
-(label-free, as synthetic ones are) and ``tiny=false`` leaves the run's own set out. Run on a quiet machine: two torch processes on two
-cores slow each other several times over (the seconds are recorded, not compared across runs).
+(label-free, as synthetic ones are) and ``tiny=false`` leaves the run's own set out. Run on a quiet
+machine: two torch processes on two cores slow each other several times over (the seconds are
+recorded, not compared across runs).
 """
 
 from __future__ import annotations

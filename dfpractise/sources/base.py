@@ -119,13 +119,8 @@ def reported_part(tiny: TinySet) -> tuple[torch.Tensor, torch.Tensor | None]:
     parts = tiny.info.get("parts")
     if not parts:
         return tiny.images, tiny.labels
-    keep, start = [], 0
-    for part in parts:
-        if part.get("reported"):
-            keep.append(slice(start, start + int(part["images"])))
-        start += int(part["images"])
-    index = torch.cat([torch.arange(len(tiny))[k] for k in keep]) if keep else torch.zeros(0, dtype=torch.long)
-    return tiny.images[index], (tiny.labels[index] if tiny.labels is not None else None)
+    keep = torch.cat([torch.full((int(part["images"]),), bool(part.get("reported"))) for part in parts])
+    return tiny.images[keep], (tiny.labels[keep] if tiny.labels is not None else None)
 
 
 def read_file_list(path: str | Path) -> list[tuple[str, int | None]]:
