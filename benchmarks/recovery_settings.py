@@ -17,7 +17,13 @@ A variant is ``LABEL:key=value,key=value`` over the ``recovery`` section (values
 from N real training images outside the held-out slice (drawn with the run's seed) instead of the
 tiny set, the same selection: what recovery reaches with more data than a user has, so a goal can be
 told apart from what the selection allows. ``ood=N`` adds N out-of-domain photos to the images
-(label-free, as synthetic ones are) and ``tiny=false`` leaves the run's own set out. Run on a quiet
+(label-free, as synthetic ones are) and ``tiny=false`` leaves the run's own set out.
+
+``adi=N`` is Adaptive DeepInversion in two rounds: recover as the variant says, then invert N more
+images from the teacher with the run's synthesis settings plus a competition term against the
+recovered student (``adi_weight``, default 1; 0 makes plain BN-inversion images, the control with
+the same steps and image count), add them and recover again as long from where the first round
+stopped. Both rounds' top-1 are recorded. Run on a quiet
 machine: two torch processes on two cores slow each other several times over (the seconds are
 recorded, not compared across runs).
 """
@@ -36,8 +42,10 @@ from dfpractise.recipe import read_yaml
 ROOT = Path(__file__).resolve().parents[1]
 RECOVERY_ITERATIONS = 2000
 """Recovery steps of every variant unless it says otherwise (the selection ran one)."""
-IMAGE_KEYS = ("images", "ood", "tiny")
+IMAGE_KEYS = ("images", "ood", "tiny", "adi", "adi_weight")
 """Variant keys that choose the images recovered from, not recovery settings."""
+ADAPTIVE_SEED_OFFSET = 1000
+"""The adaptive images are drawn with the run's seed plus this: other images than the tiny set's."""
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -94,6 +102,7 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
     from dfpractise.recipe import resolve_config
     from dfpractise.recovery import recover
     from dfpractise.runs import load_run
+    from dfpractise.sources import TinySet
 
     loaded = load_run(run)
     config = resolve_config(run / "recipe.yaml", {})
@@ -132,14 +141,66 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
         data = variant_images(changes, tiny, train, holdout_dir, spec.input_size, config.seed)
         student = adapter.drop(dropped)
         load_before = load_average()
-        result = recover(student, teacher, data.images, settings, train_augmentation(spec.input_size),
-                         lambda x: normalize(x, spec.mean, spec.std), labels=data.labels, seed=config.seed,
-                         adapter=adapter, precision=config.precision, progress=Progress(quiet=not sys.stdout.isatty()))
-        done[label] = {"changes": changes, "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
-                       "top1": accuracy(student), "load_before": load_before, "load_after": load_average(),
+
+        def recover_from(images, seed):
+            return recover(student, teacher, images.images, settings, train_augmentation(spec.input_size),
+                           lambda x: normalize(x, spec.mean, spec.std), labels=images.labels, seed=seed,
+                           adapter=adapter, precision=config.precision,
+                           progress=Progress(quiet=not sys.stdout.isatty()))
+
+        result = recover_from(data, config.seed)
+        record = {"changes": changes, "seconds": round(result.seconds, 1), "final_loss": result.final_loss}
+        if changes.get("adi"):
+            record["first_round"] = {"top1": accuracy(student), "seconds": record["seconds"]}
+            made = adaptive_images(teacher, sha, student, config, int(changes["adi"]),
+                                   float(changes.get("adi_weight", 1.0)))
+            result = recover_from(TinySet.join(data, made["images"]), config.seed + ADAPTIVE_SEED_OFFSET)
+            record.update(seconds=round(record["seconds"] + made["seconds"] + result.seconds, 1),
+                          final_loss=result.final_loss, synthesis=made["report"])
+        done[label] = {**record, "top1": accuracy(student), "load_before": load_before, "load_after": load_average(),
                        "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.CODE_VERSION}
         save()
         print(label, done[label], flush=True)
+
+
+def adaptive_images(teacher, teacher_id: str, student, config, count: int, weight: float) -> dict:
+    """``count`` BN-inversion images of ``teacher`` with the run's synthesis settings and, where
+    ``weight`` > 0, Adaptive DeepInversion's competition term against ``student`` (cached like any
+    synthetic set, keyed by the student too); their quality report and the seconds they took."""
+    from dfpractise.progress import Progress
+    from dfpractise.sources import TinySet
+    from dfpractise.sources.synthetic import default_cache_folder
+    from synthesizers import BNInversion, quality_report, synthesize
+    from synthesizers.generate import set_settings
+
+    spec = teacher.model_spec
+    options = dict(config.data.synthesis)
+    if weight > 0:
+        options.update(student=student, competition_weight=weight)
+    synthesizer = BNInversion(teacher, spec.mean, spec.std, teacher_id=teacher_id, device=config.device, **options)
+    seed = config.seed + ADAPTIVE_SEED_OFFSET
+    folder = default_cache_folder(set_settings(synthesizer, count, spec.input_size, spec.num_classes, seed))
+    progress = Progress(quiet=not sys.stdout.isatty())
+    with progress.steps("Synthesising (adaptive)") as on_step:
+        made = synthesize(synthesizer, count, spec.input_size, spec.num_classes, seed, folder, on_step=on_step)
+    report = quality_report(teacher, made.images, made.labels, spec.mean, spec.std)
+    report["competition_weight"] = weight
+    if weight > 0:  # how far the student, as it was, is from the teacher on the images made against it
+        report["student_agreement"] = agreement(teacher, student, made.images, spec.mean, spec.std)
+    return {"images": TinySet(made.images, made.labels, info={"source": "adaptive", "cache": str(made.folder)}),
+            "seconds": round(made.seconds, 1), "report": report}
+
+
+def agreement(teacher, student, images, mean, std) -> float:
+    """Share of ``images`` on which ``student`` predicts the teacher's class (both in eval mode)."""
+    import torch
+
+    from dfpractise.augment import normalize
+
+    teacher.eval(), student.eval()
+    with torch.no_grad():
+        x = normalize(images, mean, std)
+        return round(float((teacher(x).argmax(1) == student(x).argmax(1)).float().mean()), 4)
 
 
 def variant_images(changes: dict, tiny, train: Path, holdout_dir: Path, image_size: int, seed: int):

@@ -7,7 +7,8 @@ classifies each image as its intended class, and (3) total-variation and L2 prio
 smooth and bounded. Each step sees a randomly jittered and flipped copy (kornia), so the images
 do not overfit one pixel alignment. Options from the paper: a multi-resolution warm start (the
 first steps at half size, which is cheap, then upsampled) and Adaptive DeepInversion's
-competition term, which rewards images on which a given student disagrees with the teacher.
+competition term, which rewards images on which a given student disagrees with the teacher (their
+predictions softened at ``competition_temperature``, 3 as in the authors' CIFAR-10 code).
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ class BNInversion(Synthesizer):
         tv_weight: float = 1.0,
         l2_weight: float = 0.0,
         competition_weight: float = 0.0,
+        competition_temperature: float = 3.0,
         jitter: int = 2,
         flip: bool = True,
         warm_start: float = 0.5,
         device: str = "cpu",
     ):
-        check_positive(steps=steps, lr=lr, batch_size=batch_size)
+        check_positive(steps=steps, lr=lr, batch_size=batch_size, competition_temperature=competition_temperature)
         check_non_negative(
             bn_weight=bn_weight, first_bn_multiplier=first_bn_multiplier, ce_weight=ce_weight,
             tv_weight=tv_weight, l2_weight=l2_weight, competition_weight=competition_weight, jitter=jitter,
@@ -80,13 +82,17 @@ class BNInversion(Synthesizer):
             "bn": bn_weight, "ce": ce_weight, "tv": tv_weight, "l2": l2_weight, "competition": competition_weight,
         }
         self.first_bn_multiplier = first_bn_multiplier
+        self.competition_temperature = competition_temperature
         self.jitter = jitter
         self.flip = flip
         self.warm_start = warm_start
-        self.loss = InversionLoss(self.teacher, self.mean, self.std, self.weights, first_bn_multiplier, self.student)
+        self.loss = InversionLoss(self.teacher, self.mean, self.std, self.weights, first_bn_multiplier, self.student,
+                                  competition_temperature)
 
     def settings(self) -> dict[str, Any]:
-        return {
+        competing = {"competition_temperature": self.competition_temperature} if self.student is not None else {}
+        return {  # the temperature only where it changes the images: the cache of a plain inversion keeps its key
+            **competing,
             "teacher": self.teacher_id,
             "student": model_fingerprint(self.student) if self.student is not None else None,
             "mean": self.mean.flatten().tolist(),

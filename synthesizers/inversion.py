@@ -27,16 +27,18 @@ class InversionLoss:
 
     ``weights`` names the terms: ``ce``, ``bn``, ``tv``, and optionally ``l2`` (input norm) and
     ``competition`` (Adaptive DeepInversion: 1 - Jensen-Shannon divergence between teacher and
-    ``student``, so images where they disagree are favoured). Terms are computed in float32 even
-    under bf16 autocast.
+    ``student`` at ``temperature``, so images where they disagree are favoured; softened, because on
+    images both are sure of the divergence saturates and gives no gradient). Terms are computed in
+    float32 even under bf16 autocast.
     """
 
     def __init__(self, teacher: nn.Module, mean: torch.Tensor, std: torch.Tensor, weights: dict[str, float],
-                 first_bn_multiplier: float, student: nn.Module | None = None):
+                 first_bn_multiplier: float, student: nn.Module | None = None, temperature: float = 1.0):
         self.teacher, self.student = teacher, student
         self.mean, self.std = mean, std
         self.weights = dict(weights)
         self.first_bn_multiplier = first_bn_multiplier
+        self.temperature = temperature
 
     def __call__(self, pixels: torch.Tensor, labels: torch.Tensor, stats) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = (pixels - self.mean) / self.std
@@ -50,8 +52,9 @@ class InversionLoss:
         }
         if "l2" in self.weights:
             terms["l2"] = inputs.float().flatten(1).norm(dim=1).mean() / math.sqrt(inputs[0].numel())
-        if self.student is not None and "competition" in self.weights:
-            terms["competition"] = 1.0 - jensen_shannon(logits, self.student(inputs).float())
+        if self.student is not None and self.weights.get("competition", 0) > 0:
+            t = self.temperature
+            terms["competition"] = 1.0 - jensen_shannon(logits / t, self.student(inputs).float() / t)
         loss = sum(self.weights[k] * v for k, v in terms.items())
         values = {k: float(v.detach()) for k, v in terms.items()}
         values["loss"] = float(loss.detach())

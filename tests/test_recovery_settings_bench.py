@@ -71,3 +71,29 @@ def test_out_of_domain_photos_are_added_to_the_run_s_set_unlabelled(tmp_path, mo
     assert variant_images({}, tiny, tmp_path, tmp_path, image_size=8, seed=1) is tiny
     with pytest.raises(DataError, match="recovers from no images"):
         variant_images({"tiny": False}, tiny, tmp_path, tmp_path, image_size=8, seed=1)
+
+
+def test_adaptive_images_compete_with_the_student_and_are_cached_apart_from_the_control():
+    """The second round's images: made against the student where a weight is given (the report says
+    how often the student agreed on them), plain BN inversion at weight 0, each in its own cache."""
+    import torch
+
+    from benchmarks.recovery_settings import adaptive_images
+    from dfpractise.config import RunConfig
+    from dfpractise.models import create_model
+    from dfpractise.models.adapter import adapter_for
+
+    torch.manual_seed(0)
+    teacher = create_model("cifar10_resnet20")
+    teacher.eval()
+    student = adapter_for(teacher).drop(["layer1.1"])
+    config = RunConfig(data={"source": "synthetic", "num_images": 4, "synthesis": {"steps": 2, "batch_size": 10}})
+    made = adaptive_images(teacher, "test-teacher", student, config, count=10, weight=1.0)
+    control = adaptive_images(teacher, "test-teacher", student, config, count=10, weight=0.0)
+    assert made["images"].images.shape == control["images"].images.shape == (10, 3, 32, 32)
+    assert made["report"]["competition_weight"] == 1.0 and 0 <= made["report"]["student_agreement"] <= 1
+    assert "student_agreement" not in control["report"]
+    assert made["images"].info["cache"] != control["images"].info["cache"]
+    assert not torch.equal(made["images"].images, control["images"].images)
+    again = adaptive_images(teacher, "test-teacher", student, config, count=10, weight=1.0)
+    assert torch.equal(again["images"].images, made["images"].images)  # read back from its cache

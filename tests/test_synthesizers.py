@@ -201,6 +201,23 @@ def test_adaptive_deepinversion_term_needs_and_uses_a_student():
     result = synth.generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
     assert 0 <= result.stats["competition"] <= 1
     assert synth.settings()["student"] == model_fingerprint(student)
+    assert synth.settings()["competition_temperature"] == 3.0
+    assert "competition_temperature" not in BNInversion(teacher).settings()  # a plain inversion keeps its cache key
+
+
+def test_competition_term_makes_images_the_student_gets_wrong():
+    """Optimised on the competition term alone, the images move to where student and teacher disagree."""
+    torch.manual_seed(0)
+    teacher = SmallBNNet()
+    student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def competition(steps: int) -> float:
+        synth = BNInversion(teacher, student=student, competition_weight=1.0, bn_weight=0, ce_weight=0, tv_weight=0,
+                            steps=steps, warm_start=0, jitter=0, flip=False, lr=0.2)
+        return synth.generate(labels, 16, 0, lambda **f: None).stats["competition"]
+
+    assert competition(30) < competition(1) - 0.01
 
 
 def test_teacher_without_batchnorm_is_refused():
