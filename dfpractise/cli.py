@@ -381,6 +381,8 @@ def _is_number(text: str) -> bool:
 @setting_option("--source", path="data.source", type=click.Choice(SOURCES.names()))
 @setting_option("--data", path="data.path")
 @setting_option("--num-images", path="data.num_images")
+@setting_option("--ood-data", path="data.ood_path")
+@setting_option("--ood-images", path="data.ood_images")
 @setting_option("--eval-data", path="data.eval_path")
 @training_options
 @setting_option("--latency-repeats", path="latency.repeats")

@@ -191,6 +191,13 @@ def test_cli_run_with_photos_that_cannot_work_is_one_line(tmp_path, assets_dir, 
     assert fragment in result.output and result.output.strip().count("\n") == 0
 
 
+def test_cli_sweep_takes_the_photos_options_as_run_does(tmp_path):
+    result = _invoke("sweep", "--model", "cifar10_resnet20", "--source", "synthetic", "--ood-images", "8",
+                     "--targets", "0.1", "--out", tmp_path / "sweep", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "data.ood_path, which is not set" in result.output and result.output.strip().count("\n") == 0
+
+
 def test_cli_run_with_bp_recovery_needs_labels_that_ood_lacks(tmp_path, assets_dir):
     result = _invoke(
         "run", "--model", "cifar10_resnet20", "--weights", "cifar10jpeg-resnet20", "--source", "ood",
