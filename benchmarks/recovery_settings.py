@@ -23,7 +23,13 @@ told apart from what the selection allows. ``ood=N`` adds N out-of-domain photos
 images from the teacher with the run's synthesis settings plus a competition term against the
 recovered student (``adi_weight``, default 1; 0 makes plain BN-inversion images, the control with
 the same steps and image count), add them and recover again as long from where the first round
-stopped. Both rounds' top-1 are recorded. Run on a quiet
+stopped. Both rounds' top-1 are recorded.
+
+``drop=A+B+C`` recovers another set of blocks than the run's selection (its latency cut measured
+and recorded); ``--every-cover`` runs each variant also on every set of droppable blocks whose
+single-block savings reach the run's latency target with no block to spare
+(``minimal_covers``): whether any selection at that cut can recover better, what the selection
+method could have found at best. Run on a quiet
 machine: two torch processes on two cores slow each other several times over (the seconds are
 recorded, not compared across runs).
 """
@@ -44,6 +50,8 @@ RECOVERY_ITERATIONS = 2000
 """Recovery steps of every variant unless it says otherwise (the selection ran one)."""
 IMAGE_KEYS = ("images", "ood", "tiny", "adi", "adi_weight")
 """Variant keys that choose the images recovered from, not recovery settings."""
+SELECTION_KEYS = ("drop",)
+"""Variant keys that choose the blocks dropped, not recovery settings."""
 ADAPTIVE_SEED_OFFSET = 1000
 """The adaptive images are drawn with the run's seed plus this: other images than the tiny set's."""
 
@@ -65,6 +73,8 @@ def main() -> None:
     parser.add_argument("--set", dest="pairs", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings over the recipe's, as `dfpractise run --set`")
     parser.add_argument("--variants", nargs="+", default=["base:"])
+    parser.add_argument("--every-cover", action="store_true",
+                        help="run each variant also on every minimal set of blocks reaching the run's latency target")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "recovery_settings.json")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-recovery-settings")
     args = parser.parse_args()
@@ -73,7 +83,8 @@ def main() -> None:
     entry = results["selections"].setdefault(args.name, {"variants": {}})
     entry["command"] = " ".join(["--recipe", str(args.recipe), *(["--set", *args.pairs] if args.pairs else [])])
     run = select(args.recipe, args.pairs, args.runs_dir / args.name)
-    recover_variants(run, args.runs_dir / args.name / "holdout", args.variants, entry,
+    variants = args.variants + (cover_variants(run, args.variants) if args.every_cover else [])
+    recover_variants(run, args.runs_dir / args.name / "holdout", variants, entry,
                      lambda: engine_grid.save_results(results, args.results))
 
 
@@ -136,10 +147,11 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
         if label in done:
             print(f"skip {label} (done)", flush=True)
             continue
-        recovery = {k: v for k, v in changes.items() if k not in IMAGE_KEYS}
+        recovery = {k: v for k, v in changes.items() if k not in IMAGE_KEYS + SELECTION_KEYS}
         settings = config.recovery.replace(iterations=RECOVERY_ITERATIONS).replace(**recovery)
         data = variant_images(changes, tiny, train, holdout_dir, spec.input_size, config.seed)
-        student = adapter.drop(dropped)
+        blocks = str(changes["drop"]).split("+") if "drop" in changes else dropped
+        student = adapter.drop(blocks)
         load_before = load_average()
 
         def recover_from(images, seed):
@@ -150,6 +162,8 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
 
         result = recover_from(data, config.seed)
         record = {"changes": changes, "seconds": round(result.seconds, 1), "final_loss": result.final_loss}
+        if "drop" in changes:
+            record["measured_cut"] = measured_cut(teacher, config, blocks)
         if changes.get("adi"):
             record["first_round"] = {"top1": accuracy(student), "seconds": record["seconds"]}
             made = adaptive_images(teacher, sha, student, config, int(changes["adi"]),
@@ -161,6 +175,53 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
                        "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.CODE_VERSION}
         save()
         print(label, done[label], flush=True)
+
+
+def minimal_covers(saving: dict[str, float], target_percent: float) -> list[list[str]]:
+    """Every set of blocks whose summed single-block saving (percent, ``saving``) reaches
+    ``target_percent`` and would fall short without any one of its blocks, in block order."""
+    names = list(saving)
+    if len(names) > 20:
+        raise ValueError(f"{len(names)} droppable blocks: too many sets to recover each")
+    covers = []
+    for mask in range(1, 1 << len(names)):
+        chosen = [n for i, n in enumerate(names) if mask >> i & 1]
+        total = sum(saving[n] for n in chosen)
+        if total >= target_percent and all(total - saving[n] < target_percent for n in chosen):
+            covers.append(chosen)
+    return sorted(covers, key=lambda c: [names.index(n) for n in c])
+
+
+def cover_variants(run: Path, variants: list[str]) -> list[str]:
+    """``variants`` again on every minimal cover of the run's target but its own selection, labelled
+    ``LABEL@A+B+C`` with ``drop=A+B+C``."""
+    import json
+
+    from dfpractise.recipe import resolve_config
+
+    config = resolve_config(run / "recipe.yaml", {})
+    if config.latency_reduction is None:
+        raise SystemExit("--every-cover needs a run with a latency target, not a drop count")
+    latency = json.loads((run / "latency.json").read_text())
+    saving = {b["name"]: b["delta_lat"] for b in latency["blocks"]}
+    own = json.loads((run / "manifest.json").read_text())["dropped"]
+    extra = []
+    for cover in minimal_covers(saving, 100 * config.latency_reduction):
+        if sorted(cover) == sorted(own):
+            continue
+        for variant in variants:
+            label, _, rest = variant.partition(":")
+            blocks = "+".join(cover)
+            extra.append(f"{label}@{blocks}:" + ",".join(filter(None, [rest, f"drop={blocks}"])))
+    return extra
+
+
+def measured_cut(teacher, config, blocks: list[str]) -> dict:
+    """The latency cut of dropping ``blocks`` from ``teacher``, measured as a run measures its selection."""
+    from dfpractise.latency import Timing, cut_measure
+
+    cut = cut_measure(teacher, Timing.from_config(config.latency, teacher.model_spec.input_size, config.device))(blocks)
+    return cut.to_json()
 
 
 def adaptive_images(teacher, teacher_id: str, student, config, count: int, weight: float) -> dict:
@@ -184,7 +245,7 @@ def adaptive_images(teacher, teacher_id: str, student, config, count: int, weigh
     with progress.steps("Synthesising (adaptive)") as on_step:
         made = synthesize(synthesizer, count, spec.input_size, spec.num_classes, seed, folder, on_step=on_step)
     report = quality_report(teacher, made.images, made.labels, spec.mean, spec.std)
-    report["competition_weight"] = weight
+    report.update(competition_weight=weight, synthesis_seconds=round(made.seconds, 1))
     if weight > 0:  # how far the student, as it was, is from the teacher on the images made against it
         report["student_agreement"] = agreement(teacher, student, made.images, spec.mean, spec.std)
     return {"images": TinySet(made.images, made.labels, info={"source": "adaptive", "cache": str(made.folder)}),

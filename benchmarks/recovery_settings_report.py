@@ -51,6 +51,7 @@ def section(record: dict) -> list[str]:
             lines.append(f"| {label} | {_changes(row['changes'])} | {row['top1']['holdout']:.2f} | "
                          f"{row['top1']['val']:.2f} | {row['seconds']:.0f} |")
         lines.append("")
+        lines += _two_rounds(entry["variants"])
     shared = [label for label in labels if all(label in e["variants"] for e in selections.values())]
     if len(selections) > 1 and shared:
         lines += [
@@ -64,3 +65,29 @@ def section(record: dict) -> list[str]:
             val = statistics.mean(e["variants"][label]["top1"]["val"] for e in selections.values())
             lines.append(f"| {label} | {held:.2f} | {val:.2f} |")
     return lines
+
+
+def _two_rounds(variants: dict) -> list[str]:
+    """The Adaptive-DeepInversion rows (``adi=N``): each round's held-out top-1 and what the student,
+    as the first round left it, made of the images inverted against it."""
+    rows = {label: row for label, row in variants.items() if "first_round" in row}
+    if not rows:
+        return []
+    lines = [
+        "Two rounds (`adi=N`): recovery, then N images inverted with the competition term against the recovered "
+        "student (weight 0: plain BN inversion, the control), then recovery again on both sets. Student agreement: "
+        "how often that student predicted the teacher's class on the new images.",
+        "",
+        "| variant | competition weight | held-out after round 1 | after round 2 | student agreement | "
+        "BN distance of the new images | synthesis (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, row in rows.items():
+        made = row.get("synthesis") or {}
+        agreement = made.get("student_agreement")
+        seconds = made.get("synthesis_seconds")
+        lines.append(
+            f"| {label} | {made.get('competition_weight', 1.0):g} | {row['first_round']['top1']['holdout']:.2f} | "
+            f"{row['top1']['holdout']:.2f} | {'—' if agreement is None else f'{agreement:.2f}'} | "
+            f"{made.get('bn_distance', float('nan')):.1f} | {'—' if seconds is None else f'{seconds:.0f}'} |")
+    return [*lines, ""]

@@ -350,6 +350,30 @@ def test_the_recovery_settings_section_shows_each_selection_and_the_shared_means
     assert recovery_settings_report.section({}) == []
 
 
+def test_the_two_round_variants_get_a_table_of_both_rounds():
+    from benchmarks import recovery_settings_report
+
+    def two_rounds(first: float, second: float, weight: float, agreement: float | None) -> dict:
+        made = {"competition_weight": weight, "bn_distance": 30.0, "synthesis_seconds": 120.0}
+        if agreement is not None:
+            made["student_agreement"] = agreement
+        return {"changes": {"adi": 512}, "seconds": 300.0, "top1": {"holdout": second, "val": 70.0},
+                "first_round": {"top1": {"holdout": first, "val": 69.0}}, "synthesis": made,
+                "date": "2026-12-06", "commit": "abc1234"}
+
+    plain = {"changes": {}, "seconds": 80.0, "top1": {"holdout": 79.0, "val": 70.0}, "date": "2026-12-06",
+             "commit": "abc1234"}
+    entry = {"model": "m", "weights": "w", "num_images": 512, "source": "synthetic", "dropped": ["layer1.1"],
+             "teacher": {"holdout": 86.0, "val": 81.0}, "machine": "test box", "command": "--recipe r",
+             "variants": {"base": plain, "adi": two_rounds(79.45, 80.5, 1.0, 0.4766),
+                          "control": two_rounds(79.45, 81.2, 0.0, None)}}
+    text = "\n".join(recovery_settings_report.section({"selections": {"a": entry}}))
+    table = text.split("Two rounds")[1]
+    assert "| adi | 1 | 79.45 | 80.50 | 0.48 | 30.0 | 120 |" in table
+    assert "| control | 0 | 79.45 | 81.20 | — | 30.0 | 120 |" in table
+    assert "| base |" not in table, "one-round variants stay out of the two-round table"
+
+
 def test_the_recovery_step_profile_sorts_operators_into_families():
     from benchmarks.compile_probe import family
 

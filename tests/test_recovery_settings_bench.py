@@ -97,3 +97,38 @@ def test_adaptive_images_compete_with_the_student_and_are_cached_apart_from_the_
     assert not torch.equal(made["images"].images, control["images"].images)
     again = adaptive_images(teacher, "test-teacher", student, config, count=10, weight=1.0)
     assert torch.equal(again["images"].images, made["images"].images)  # read back from its cache
+
+
+def test_minimal_covers_reach_the_target_with_no_block_to_spare():
+    from benchmarks.recovery_settings import minimal_covers
+
+    saving = {"a.1": 14.0, "a.2": 14.0, "b.1": 10.0, "c.1": 8.0}
+    covers = minimal_covers(saving, 30.0)
+    assert covers == [["a.1", "a.2", "b.1"], ["a.1", "a.2", "c.1"], ["a.1", "b.1", "c.1"], ["a.2", "b.1", "c.1"]]
+    for cover in covers:
+        total = sum(saving[n] for n in cover)
+        assert total >= 30 and all(total - saving[n] < 30 for n in cover)
+    assert minimal_covers(saving, 50.0) == []  # every block together saves 46
+    assert minimal_covers(saving, 46.0) == [["a.1", "a.2", "b.1", "c.1"]]
+
+
+def test_cover_variants_repeat_each_variant_on_the_other_covers(tmp_path):
+    import json
+
+    from benchmarks.recovery_settings import cover_variants
+
+    (tmp_path / "recipe.yaml").write_text("model: cifar10_resnet20\nlatency_reduction: 0.3\n")
+    (tmp_path / "latency.json").write_text(json.dumps({"blocks": [
+        {"name": "layer1.1", "delta_lat": 14.0}, {"name": "layer1.2", "delta_lat": 14.0},
+        {"name": "layer2.1", "delta_lat": 10.0}]}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"dropped": ["layer1.1", "layer1.2", "layer2.1"]}))
+    assert cover_variants(tmp_path, ["base:method=mir"]) == [], "the run's own selection is not repeated"
+    (tmp_path / "latency.json").write_text(json.dumps({"blocks": [
+        {"name": "layer1.1", "delta_lat": 20.0}, {"name": "layer1.2", "delta_lat": 20.0},
+        {"name": "layer2.1", "delta_lat": 10.0}]}))
+    variants = cover_variants(tmp_path, ["base:method=mir", "own:"])
+    assert variants[:2] == ["base@layer1.1+layer1.2:method=mir,drop=layer1.1+layer1.2",
+                            "own@layer1.1+layer1.2:drop=layer1.1+layer1.2"]
+    assert [v.split(":")[0] for v in variants[2:]] == [
+        "base@layer1.1+layer2.1", "own@layer1.1+layer2.1", "base@layer1.2+layer2.1", "own@layer1.2+layer2.1"]
+    assert parse_variant(variants[0])[1] == {"method": "mir", "drop": "layer1.1+layer1.2"}
