@@ -29,14 +29,16 @@ stopped. Both rounds' top-1 are recorded.
 and recorded); ``--every-cover`` runs each variant also on every set of droppable blocks whose
 single-block savings reach the run's latency target with no block to spare
 (``minimal_covers``): whether any selection at that cut can recover better, what the selection
-method could have found at best. Run on a quiet
-machine: two torch processes on two cores slow each other several times over (the seconds are
-recorded, not compared across runs).
+method could have found at best.
+
+Run on a quiet machine: two torch processes on two cores slow each other several times over (the
+seconds are recorded, not compared across runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -131,7 +133,9 @@ def recover_variants(run: Path, holdout_dir: Path, variants: list[str], entry: d
     quiet = Progress(quiet=True)
     dropped = loaded.manifest["dropped"]
     done = entry["variants"]
-    entry.update({"dropped": dropped, "source": config.data.source,
+    selection = json.loads((run / "selection.json").read_text()) if (run / "selection.json").exists() else {}
+    entry.update({"dropped": dropped, "measured_cut": (selection.get("measured") or {}).get("reduction"),
+                  "source": config.data.source,
                   "num_images": len(tiny), "model": config.model, "weights": config.weights,
                   "holdout_images": len(holdout.images), "machine": engine_grid.machine()})
 
@@ -195,8 +199,6 @@ def minimal_covers(saving: dict[str, float], target_percent: float) -> list[list
 def cover_variants(run: Path, variants: list[str]) -> list[str]:
     """``variants`` again on every minimal cover of the run's target but its own selection, labelled
     ``LABEL@A+B+C`` with ``drop=A+B+C``."""
-    import json
-
     from dfpractise.recipe import resolve_config
 
     config = resolve_config(run / "recipe.yaml", {})

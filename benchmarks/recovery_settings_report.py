@@ -48,10 +48,13 @@ def section(record: dict) -> list[str]:
             "|---|---|---|---|---|",
         ]
         for label, row in entry["variants"].items():
+            if "drop" in row["changes"]:
+                continue  # another selection's rows: the table of block sets below
             lines.append(f"| {label} | {_changes(row['changes'])} | {row['top1']['holdout']:.2f} | "
                          f"{row['top1']['val']:.2f} | {row['seconds']:.0f} |")
         lines.append("")
         lines += _two_rounds(entry["variants"])
+        lines += _block_sets(entry)
     shared = [label for label in labels if all(label in e["variants"] for e in selections.values())]
     if len(selections) > 1 and shared:
         lines += [
@@ -91,3 +94,31 @@ def _two_rounds(variants: dict) -> list[str]:
             f"{row['top1']['holdout']:.2f} | {'—' if agreement is None else f'{agreement:.2f}'} | "
             f"{made.get('bn_distance', float('nan')):.1f} | {'—' if seconds is None else f'{seconds:.0f}'} |")
     return [*lines, ""]
+
+
+def _block_sets(entry: dict) -> list[str]:
+    """The ``drop=`` rows beside the run's own selection, per recovery setting, best held-out first:
+    which set of blocks at this cut recovers best, and where the selection the run made stands."""
+    teacher = entry.get("teacher") or {}
+    covers = {label: row for label, row in entry["variants"].items() if "drop" in row["changes"]}
+    lines = []
+    for setting in dict.fromkeys(label.split("@")[0] for label in covers):
+        rows = [(str(row["changes"]["drop"]).split("+"), row["measured_cut"]["reduction"], row, "")
+                for label, row in covers.items() if label.split("@")[0] == setting]
+        if setting in entry["variants"]:
+            rows.append((entry["dropped"], entry.get("measured_cut"), entry["variants"][setting], " (the run's selection)"))
+        lines += [
+            f"Every set of blocks at this cut (`--every-cover`), recovered as `{setting}`: each minimal set of "
+            "blocks whose single-block savings reach the target, best held-out first; drops against the teacher "
+            f"(held-out {teacher.get('holdout', float('nan')):.2f}, val {teacher.get('val', float('nan')):.2f}).",
+            "",
+            "| blocks dropped | measured cut | held-out top-1 | held-out drop | val top-1 | val drop |",
+            "|---|---|---|---|---|---|",
+        ]
+        for blocks, cut, row, note in sorted(rows, key=lambda r: -r[2]["top1"]["holdout"]):
+            held, val = row["top1"]["holdout"], row["top1"]["val"]
+            lines.append(f"| {', '.join(blocks)}{note} | {'—' if cut is None else f'{100 * cut:.1f}%'} | {held:.2f} | "
+                         f"{teacher.get('holdout', float('nan')) - held:.2f} | {val:.2f} | "
+                         f"{teacher.get('val', float('nan')) - val:.2f} |")
+        lines.append("")
+    return lines

@@ -350,6 +350,33 @@ def test_the_recovery_settings_section_shows_each_selection_and_the_shared_means
     assert recovery_settings_report.section({}) == []
 
 
+def test_every_block_set_at_the_cut_is_ranked_with_the_run_s_own_selection():
+    from benchmarks import recovery_settings_report
+
+    def row(held: float, val: float, drop: str | None = None, cut: float | None = None) -> dict:
+        out = {"changes": {"method": "mir-stages", **({"drop": drop} if drop else {})}, "seconds": 90.0,
+               "top1": {"holdout": held, "val": val}, "date": "2026-12-06", "commit": "abc1234"}
+        if cut is not None:
+            out["measured_cut"] = {"reduction": cut, "reduction_spread": [cut, cut], "blocks": drop.split("+")}
+        return out
+
+    entry = {"model": "m", "weights": "w", "num_images": 500, "source": "real", "dropped": ["b.1", "c.1"],
+             "measured_cut": 0.334, "teacher": {"holdout": 95.0, "val": 88.0}, "machine": "test box",
+             "command": "--recipe r", "variants": {
+                 "stages": row(90.5, 85.0), "other": row(80.0, 80.0),
+                 "stages@a.1+b.1": row(91.5, 85.5, "a.1+b.1", 0.31),
+                 "stages@a.1+c.1": row(89.0, 84.0, "a.1+c.1", 0.305)}}
+    text = "\n".join(recovery_settings_report.section({"selections": {"x": entry}}))
+    assert "| stages@" not in text, "another selection's rows are in the table of block sets only"
+    table = text.split("Every set of blocks at this cut")[1]
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "blocks dropped" not in line]
+    assert lines == [
+        "| a.1, b.1 | 31.0% | 91.50 | 3.50 | 85.50 | 2.50 |",
+        "| b.1, c.1 (the run's selection) | 33.4% | 90.50 | 4.50 | 85.00 | 3.00 |",
+        "| a.1, c.1 | 30.5% | 89.00 | 6.00 | 84.00 | 4.00 |",
+    ]
+
+
 def test_the_two_round_variants_get_a_table_of_both_rounds():
     from benchmarks import recovery_settings_report
 
