@@ -21,8 +21,9 @@ import math
 import random
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -133,18 +134,7 @@ class RecoverabilityCost(DropCost):
         self.on_block = on_block
 
     def __call__(self, context: ScoringContext) -> dict[str, float]:
-        if context.images is None or len(context.images) == 0:
-            raise ConfigError("the recoverability scorer needs a tiny set of images")
-        teacher = context.teacher
-        adapter = context.adapter or adapter_for(teacher)
-        channels_last = context.device.type == "cpu"
-        requires_grad = {n: p.requires_grad for n, p in teacher.named_parameters()}
-        was_training = teacher.training
-        teacher.eval().requires_grad_(False).to(context.device)
-        if channels_last:
-            teacher.to(memory_format=torch.channels_last)
-        try:
-            views = _make_views(context, channels_last)
+        with _scoring(context) as (adapter, views):
             stages = [adapter.stages[s] for s in sorted({b.stage for b in context.blocks})]
             runs, targets = _cache_activations(adapter, stages, views, context.config.batch_size)
             clean = len(context.images)
@@ -162,13 +152,7 @@ class RecoverabilityCost(DropCost):
 
             for share in distributed.together(fit_mine):
                 costs.update(share)
-            costs = {b.name: costs[b.name] for b in context.blocks}  # network order, as before
-        finally:
-            teacher.to(memory_format=torch.contiguous_format)
-            for n, p in teacher.named_parameters():
-                p.requires_grad_(requires_grad[n])
-            teacher.train(was_training)
-        return costs
+        return {b.name: costs[b.name] for b in context.blocks}  # network order, as before
 
     def _fit(self, context: ScoringContext, adapter: ModelAdapter, block: Block, runs: dict[int, "StageRun"],
              targets: torch.Tensor, clean: int, task: Any, progress: Progress) -> float:
@@ -178,7 +162,7 @@ class RecoverabilityCost(DropCost):
         generator = torch.Generator().manual_seed(block_seed(context.seed, block.name))
         torch.manual_seed(block_seed(context.seed, block.name))
         cost = _fit_adaptors(
-            adapter, block, runs[block.stage], targets, clean, config, generator,
+            adapter, [block], runs[block.stage], targets, clean, config, generator,
             lambda loss, b=block.name: task.advance(1, block=b, loss=loss),
             dtype=precisions.resolve(context.precision, context.device),
             on_diverged=lambda step, b=block.name: progress.log(
@@ -191,6 +175,63 @@ class RecoverabilityCost(DropCost):
         if self.on_block is not None:
             self.on_block(block.name, cost, time.perf_counter() - started)
         return cost
+
+
+def set_costs(context: ScoringContext, sets: list[list[str]]) -> list[float]:
+    """PRACTISE's recoverability of whole sets of blocks, one cost per set: all of a set's holes at
+    once and every hole's adaptors fitted together, the feature error left after.
+
+    A set's cost is not the sum of its blocks' costs: two holes can be easier to bridge together
+    than each alone suggests, or harder. Measured to compare candidate selections; ``context.blocks``
+    are the candidates the sets are drawn from. Whole blocks only (a set holding one branch of a
+    block is refused). Each set's fit is seeded by the run's seed and the set alone.
+    """
+    by_name = {b.name: b for b in context.blocks}
+    for names in sets:
+        unknown = [n for n in names if n not in by_name]
+        if unknown or not names:
+            raise ConfigError(f"set {names}: {', '.join(unknown) or 'no blocks'} not among the candidate blocks")
+        if any(by_name[n].part is not None for n in names):
+            raise ConfigError(f"set {names}: set costs are for whole blocks, not one branch of a block")
+    with _scoring(context) as (adapter, views):
+        stages = [adapter.stages[s] for s in sorted({by_name[n].stage for names in sets for n in names})]
+        runs, targets = _cache_activations(adapter, stages, views, context.config.batch_size)
+        config = context.config
+        costs = []
+        with (context.progress or Progress()).task("Scoring block sets", total=len(sets) * config.iterations) as task:
+            for names in sets:
+                blocks = [by_name[n] for n in names]
+                key = "+".join(names)
+                generator = torch.Generator().manual_seed(block_seed(context.seed, key))
+                torch.manual_seed(block_seed(context.seed, key))
+                costs.append(_fit_adaptors(
+                    adapter, blocks, runs[min(b.stage for b in blocks)], targets, len(context.images), config,
+                    generator, lambda loss, k=key: task.advance(1, blocks=k, loss=loss),
+                    dtype=precisions.resolve(context.precision, context.device)))
+    return costs
+
+
+@contextmanager
+def _scoring(context: ScoringContext) -> Iterator[tuple[ModelAdapter, torch.Tensor]]:
+    """The teacher frozen in eval mode (channels-last on a CPU) and the tiny set's views, for the
+    fits; the teacher is put back as it was after."""
+    if context.images is None or len(context.images) == 0:
+        raise ConfigError("the recoverability scorer needs a tiny set of images")
+    teacher = context.teacher
+    adapter = context.adapter or adapter_for(teacher)
+    channels_last = context.device.type == "cpu"
+    requires_grad = {n: p.requires_grad for n, p in teacher.named_parameters()}
+    was_training = teacher.training
+    teacher.eval().requires_grad_(False).to(context.device)
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    try:
+        yield adapter, _make_views(context, channels_last)
+    finally:
+        teacher.to(memory_format=torch.contiguous_format)
+        for n, p in teacher.named_parameters():
+            p.requires_grad_(requires_grad[n])
+        teacher.train(was_training)
 
 
 def block_seed(seed: int, name: str) -> int:
@@ -277,7 +318,7 @@ def _replays(adapter: ModelAdapter, run: StageRun, targets: torch.Tensor, batch_
 
 def _fit_adaptors(
     adapter: ModelAdapter,
-    block: Block,
+    blocks: list[Block],
     run: StageRun,
     targets: torch.Tensor,
     clean: int,
@@ -287,12 +328,18 @@ def _fit_adaptors(
     on_diverged: Callable[[int], None] | None = None,
     dtype: torch.dtype | None = None,
 ) -> float:
-    """Fit adaptors around the hole left by ``block``; return the feature MSE on the clean set.
+    """Fit adaptors around the holes left by ``blocks`` (together); return the feature MSE on the
+    clean set. ``run`` starts at or before the first hole's stage.
 
     ``dtype``: autocast of the fit's steps (bf16 or None); the errors compared are always fp32.
     """
-    with adapter.holes([block.name]) as student:
-        adaptors, handles = attach_adaptors(adapter, student, block)
+    with adapter.holes([b.name for b in blocks]) as student:
+        adaptors, handles = nn.ModuleList(), []
+        gone = {b.module for b in blocks if b.part is None}
+        for block in blocks:
+            around, hooked = attach_adaptors(adapter, student, block, skip=gone)
+            adaptors.extend(around)
+            handles.extend(hooked)
         adaptors.to(targets.device)  # made on the CPU; the cached activations may live on a GPU
         if targets.device.type == "cpu":
             adaptors.to(memory_format=torch.channels_last)
@@ -362,8 +409,10 @@ def identity_adaptor(channels: int, layout: str = "channels") -> nn.Module:
     return linear
 
 
-def attach_adaptors(adapter: ModelAdapter, model: nn.Module, block: Block) -> tuple[nn.ModuleList, list]:
-    """Hook adaptors around the hole (PRACTISE.md 3.2), never on a skip path.
+def attach_adaptors(adapter: ModelAdapter, model: nn.Module, block: Block,
+                    skip: set[str] = frozenset()) -> tuple[nn.ModuleList, list]:
+    """Hook adaptors around the hole (PRACTISE.md 3.2), never on a skip path; none on the blocks
+    in ``skip`` (other holes of the same set, taken out of ``model``).
 
     The stage is a sequence of branches (one per block for a CNN, two for a transformer layer).
     Before the hole: on the output of each branch's last conv/linear map (before its last BN).
@@ -375,6 +424,8 @@ def attach_adaptors(adapter: ModelAdapter, model: nn.Module, block: Block) -> tu
     stage = adapter.stage(block)
     hole = stage.members.index(block.module)
     for position, member in enumerate(stage.members):
+        if member in skip and member != block.module:
+            continue
         branches = list(adapter.anatomy(member).branches)
         if position < hole:
             before, after = branches, []
@@ -390,7 +441,7 @@ def attach_adaptors(adapter: ModelAdapter, model: nn.Module, block: Block) -> tu
         for branch in after:
             if branch.first is not None:
                 _hook_input(model.get_submodule(f"{member}.{branch.first}"), adaptors, handles)
-    if stage.following is not None:
+    if stage.following is not None and stage.following not in skip:
         anatomy = adapter.anatomy(stage.following)
         for branch in anatomy.branches + ((anatomy.shortcut,) if anatomy.shortcut else ()):
             if branch.first is not None:

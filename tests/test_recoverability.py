@@ -14,6 +14,7 @@ from dfpractise.recoverability import (
     attach_adaptors,
     create_drop_cost,
     identity_adaptor,
+    set_costs,
 )
 
 from conftest import features_without
@@ -159,3 +160,24 @@ def test_bf16_adaptor_fits_give_the_fp32_costs_within_bf16_rounding(teacher, ima
     for name, cost in plain.items():
         assert fast[name] == pytest.approx(cost, rel=0.05), name
     assert sum(fast.values()) < sum(untrained.values())
+
+
+def test_a_one_block_set_costs_what_the_block_costs(teacher, images):
+    context = _context(teacher, images, iterations=10, lr=0.002)
+    alone = create_drop_cost("recoverability")(context)
+    assert set_costs(context, [["layer1.1"], ["layer3.2"]]) == [alone["layer1.1"], alone["layer3.2"]]
+
+
+def test_a_set_s_holes_are_bridged_together_and_the_teacher_is_put_back(teacher, images):
+    pairs = [["layer1.1", "layer1.2"], ["layer1.2", "layer2.1", "layer3.2"]]
+    untrained = set_costs(_context(teacher, images, iterations=0), pairs)
+    trained = set_costs(_context(teacher, images, iterations=20, lr=0.002), pairs)
+    assert all(t < u for t, u in zip(trained, untrained))
+    assert set_costs(_context(teacher, images, iterations=20, lr=0.002), pairs) == trained
+    assert all(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    assert isinstance(teacher.layer1[1], torch.nn.Module) and not isinstance(teacher.layer1[1], torch.nn.Identity)
+
+
+def test_a_set_of_unknown_blocks_is_refused_in_one_line(teacher, images):
+    with pytest.raises(ConfigError, match="layer9.9 not among the candidate blocks"):
+        set_costs(_context(teacher, images), [["layer1.1", "layer9.9"]])
