@@ -132,3 +132,23 @@ def test_cover_variants_repeat_each_variant_on_the_other_covers(tmp_path):
     assert [v.split(":")[0] for v in variants[2:]] == [
         "base@layer1.1+layer2.1", "own@layer1.1+layer2.1", "base@layer1.2+layer2.1", "own@layer1.2+layer2.1"]
     assert parse_variant(variants[0])[1] == {"method": "mir", "drop": "layer1.1+layer1.2"}
+
+
+def test_the_set_cost_probe_ranks_covers_against_their_recovered_top1(tmp_path):
+    import json
+
+    from benchmarks.set_costs import heldout_top1, score_covers, spearman
+
+    (tmp_path / "recipe.yaml").write_text("model: cifar10_resnet20\nlatency_reduction: 0.3\n")
+    (tmp_path / "latency.json").write_text(json.dumps({"blocks": [
+        {"name": "a.1", "delta_lat": 14.0}, {"name": "a.2", "delta_lat": 14.0}, {"name": "b.1", "delta_lat": 10.0}]}))
+    (tmp_path / "scores.json").write_text(json.dumps({"costs": {"a.1": 0.3, "a.2": 0.6, "b.1": 0.25}}))
+    rows = score_covers(tmp_path, joint=False)
+    assert rows == [{"blocks": ["a.1", "a.2", "b.1"], "summed": 1.15}]
+    entry = {"dropped": ["b.1", "a.1"], "variants": {
+        "stages": {"changes": {}, "top1": {"holdout": 90.0}},
+        "stages@a.2+b.1": {"changes": {"drop": "a.2+b.1"}, "top1": {"holdout": 91.0}},
+        "other@a.1+a.2": {"changes": {"drop": "a.1+a.2"}, "top1": {"holdout": 50.0}}}}
+    assert heldout_top1(entry, "stages") == {"a.1+b.1": 90.0, "a.2+b.1": 91.0}
+    assert spearman([1.0, 2.0, 3.0, 4.0], [90.0, 80.0, None, 70.0]) == -1.0
+    assert spearman([1.0, 2.0], [90.0, 80.0]) is None

@@ -1,0 +1,118 @@
+"""Whether recoverability measured on whole sets of blocks finds the set that recovers best.
+
+The selection minimises the sum of its blocks' costs, each measured with that block alone taken
+out. For a recovery-settings selection whose every minimal set of blocks at the run's target was
+recovered (``recovery_settings.py --every-cover``), this scores each of those sets on the run's own
+tiny set two ways: the sum of its blocks' costs, and its own cost with all its holes bridged at once
+(``dfpractise.recoverability.set_costs``). Each is compared with the held-out top-1 that set
+reached after recovery, by Spearman rank correlation (lower cost should mean higher top-1, so a
+good predictor is strongly negative). Label-free: only the tiny set is used, as a run would.
+
+    python -m benchmarks.set_costs --name resnet20-real500-t30-s1 --variant stages-mixup
+    python -m benchmarks.write_benchmarks
+
+``--tiny-from`` scores on another selection's tiny set (a data-free one) against the held-out
+top-1 of the named one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from benchmarks import engine_grid
+from benchmarks.recovery_settings import minimal_covers
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "set_costs.json"
+RECOVERY_RESULTS = ROOT / "benchmarks" / "results" / "recovery_settings.json"
+RUNS = ROOT / "runs" / "bench-recovery-settings"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="a recovery-settings selection run with --every-cover")
+    parser.add_argument("--variant", default="stages-mixup", help="the recovery variant whose top-1 is compared")
+    parser.add_argument("--tiny-from", help="score on this selection's tiny set instead (default: --name's)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    engine_grid.CODE_VERSION = engine_grid.commit()
+    results = engine_grid.load_results(args.results, empty={"probes": {}})
+    source = args.tiny_from or args.name
+    key = f"{args.name}/{args.variant}" + (f" on {source}'s tiny set" if args.tiny_from else "")
+    started = time.perf_counter()
+    rows = score_covers(RUNS / source / "selection")
+    heldout = heldout_top1(json.loads(RECOVERY_RESULTS.read_text())["selections"][args.name], args.variant)
+    for row in rows:
+        row["holdout"] = heldout.get("+".join(sorted(row["blocks"])))
+    results["probes"][key] = {
+        "selection": args.name, "variant": args.variant, "tiny_set": source, "sets": rows,
+        "spearman_summed": spearman([r["summed"] for r in rows], [r["holdout"] for r in rows]),
+        "spearman_joint": spearman([r["joint"] for r in rows], [r["holdout"] for r in rows]),
+        "seconds": round(time.perf_counter() - started, 1), "machine": engine_grid.machine(),
+        "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.CODE_VERSION,
+        "command": f"python -m benchmarks.set_costs --name {args.name} --variant {args.variant}"
+                   + (f" --tiny-from {args.tiny_from}" if args.tiny_from else ""),
+    }
+    engine_grid.save_results(results, args.results)
+    print(json.dumps(results["probes"][key], indent=1))
+
+
+def score_covers(run: Path, joint: bool = True) -> list[dict]:
+    """Every minimal cover of the run's target, with the summed single-block cost the run measured
+    and (``joint``) the set's own cost on the run's tiny set with its scoring settings."""
+    import torch
+
+    from dfpractise.augment import train_augmentation
+    from dfpractise.engine import load_tiny_set, prepare
+    from dfpractise.progress import Progress
+    from dfpractise.recipe import resolve_config
+    from dfpractise.recoverability import ScoringContext, set_costs
+
+    config = resolve_config(run / "recipe.yaml", {})
+    single = json.loads((run / "scores.json").read_text())["costs"]
+    saving = {b["name"]: b["delta_lat"] for b in json.loads((run / "latency.json").read_text())["blocks"]}
+    covers = minimal_covers(saving, 100 * config.latency_reduction)
+    rows = [{"blocks": cover, "summed": round(sum(single[n] for n in cover), 5)} for cover in covers]
+    if not joint:
+        return rows
+    setup = prepare(config)
+    progress = Progress(quiet=True)
+    tiny = load_tiny_set(config, setup.teacher, setup.weights_sha, progress)
+    context = ScoringContext(
+        teacher=setup.teacher, blocks=setup.blocks, delta_lat=saving, images=tiny.images,
+        augment=train_augmentation(setup.spec.input_size), normalize=setup.normalize, config=config.scoring,
+        seed=config.seed, device=torch.device(config.device), progress=progress, adapter=setup.adapter,
+        precision=config.precision,
+    )
+    for row, cost in zip(rows, set_costs(context, covers)):
+        row["joint"] = round(cost, 5)
+    return rows
+
+
+def heldout_top1(entry: dict, variant: str) -> dict[str, float]:
+    """Held-out top-1 of ``variant`` per set of blocks (sorted names joined by +): its ``@`` rows
+    and the run's own selection."""
+    out = {}
+    for label, row in entry["variants"].items():
+        if label == variant:
+            out["+".join(sorted(entry["dropped"]))] = row["top1"]["holdout"]
+        elif label.split("@")[0] == variant and "drop" in row["changes"]:
+            out["+".join(sorted(str(row["changes"]["drop"]).split("+")))] = row["top1"]["holdout"]
+    return out
+
+
+def spearman(costs: list[float], top1: list[float | None]) -> float | None:
+    """Spearman rank correlation over the sets both are known for (None with fewer than 3)."""
+    from scipy.stats import spearmanr
+
+    pairs = [(c, t) for c, t in zip(costs, top1) if t is not None]
+    if len(pairs) < 3:
+        return None
+    return round(float(spearmanr([c for c, _ in pairs], [t for _, t in pairs]).statistic), 3)
+
+
+if __name__ == "__main__":
+    main()
