@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmarks import (any_model_report, deployment_report, gpu_report, robustness_report, side_by_side_report,
                         sweep_report)
 from benchmarks import (compile_probe, data_free_report, distributed_report, latency_agreement,
-                        recovery_settings_report, speed_report)
+                        recovery_settings_report, set_costs_report, speed_report)
 from benchmarks import landing_noise
 from synthesizers.files import write_text_atomic
 
@@ -39,6 +39,7 @@ STEP_RESULTS = ROOT / "benchmarks" / "results" / "compile_probe.json"
 DATA_FREE_RESULTS = ROOT / "benchmarks" / "results" / "data_free.json"
 AGREEMENT_RESULTS = ROOT / "benchmarks" / "results" / "latency_agreement.json"
 RECOVERY_SETTINGS_RESULTS = ROOT / "benchmarks" / "results" / "recovery_settings.json"
+SET_COSTS_RESULTS = ROOT / "benchmarks" / "results" / "set_costs.json"
 SOURCE_NAMES = {
     "synthetic": "data-free: 512 BN-inversion images",
     "ood": "out-of-domain: 1000 ImageNet sample images",
@@ -277,6 +278,7 @@ def main() -> None:
     data_free = json.loads(DATA_FREE_RESULTS.read_text()) if DATA_FREE_RESULTS.exists() else {}
     agreement = json.loads(AGREEMENT_RESULTS.read_text()) if AGREEMENT_RESULTS.exists() else {}
     recovery_settings = json.loads(RECOVERY_SETTINGS_RESULTS.read_text()) if RECOVERY_SETTINGS_RESULTS.exists() else {}
+    set_costs = json.loads(SET_COSTS_RESULTS.read_text()) if SET_COSTS_RESULTS.exists() else {}
     plotted = side_by_side_report.plot(side_by_side, SIDE_BY_SIDE_PLOT)
     plot_name = str(SIDE_BY_SIDE_PLOT.relative_to(ROOT)) if plotted else None
     notes_path = ROOT / "benchmarks" / "NOTES.md"
@@ -319,6 +321,7 @@ def main() -> None:
         *([*compile_probe.section(step), ""] if step else []),
         *([*latency_agreement.section(agreement), ""] if agreement else []),
         *([*recovery_settings_report.section(recovery_settings), ""] if recovery_settings else []),
+        *([*set_costs_report.section(set_costs), ""] if set_costs else []),
         *side_by_side_report.section(side_by_side, scoring, plot_name),
         "",
         *gpu_report.section(gpu),

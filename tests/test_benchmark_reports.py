@@ -447,3 +447,20 @@ def test_the_recovery_step_section_shows_the_profile_the_settings_and_the_compil
     assert "after 2566 iterations (cold cache)." in text and "warm cache" not in text
     assert section({}) == []
     assert "torch.compile" not in "\n".join(section({"machine": "m", "torch": "t", "profile": record["profile"]}))
+
+
+def test_the_set_cost_section_ranks_each_cost_beside_the_recovered_top1():
+    from benchmarks import set_costs_report
+
+    probe = {"date": "2026-12-06", "commit": "abc1234", "machine": "test box", "seconds": 20.0,
+             "command": "python -m benchmarks.set_costs --name x", "spearman_summed": -0.9, "spearman_joint": None,
+             "sets": [{"blocks": ["a.1", "b.1"], "summed": 0.8, "joint": 0.7, "holdout": 90.0},
+                      {"blocks": ["a.1", "a.2"], "summed": 1.2, "joint": 1.3, "holdout": 92.0},
+                      {"blocks": ["a.2", "c.1"], "summed": 2.0, "joint": 0.5, "holdout": None}]}
+    text = "\n".join(set_costs_report.section({"probes": {"x/stages": probe}}))
+    assert "Spearman: summed -0.900, joint —." in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "blocks dropped" not in line]
+    assert rows == ["| a.1, a.2 | 1.200 | 2 | 1.300 | 3 | 92.00 | 1 |",
+                    "| a.1, b.1 | 0.800 | 1 | 0.700 | 2 | 90.00 | 2 |",
+                    "| a.2, c.1 | 2.000 | 3 | 0.500 | 1 | — | — |"]
+    assert set_costs_report.section({}) == []

@@ -1,0 +1,48 @@
+"""The BENCHMARKS.md section for ``set_costs.py``: do set costs find the set that recovers best?"""
+
+from __future__ import annotations
+
+
+def section(record: dict) -> list[str]:
+    probes = (record or {}).get("probes") or {}
+    if not probes:
+        return []
+    lines = [
+        "## Recoverability of whole sets of blocks against their recovered top-1",
+        "",
+        "Each minimal set of blocks at the run's target (`recovery_settings.py --every-cover`) scored on a tiny set "
+        "two ways: the sum of its blocks' single-block costs (what the selection minimises) and its own cost with "
+        "all its holes bridged at once (`dfpractise.recoverability.set_costs`); beside the held-out top-1 the set "
+        "reached after recovery. Spearman is cost against top-1: a good predictor is close to -1. "
+        "Raw results: `benchmarks/results/set_costs.json`; then `python -m benchmarks.write_benchmarks`.",
+        "",
+    ]
+    for key, probe in probes.items():
+        lines += [
+            f"**{key}** ({probe['date']}, commit `{probe['commit']}`, {probe['machine']}, {probe['seconds']:.0f} s): "
+            f"`{probe['command']}`. Spearman: summed {_number(probe['spearman_summed'])}, "
+            f"joint {_number(probe['spearman_joint'])}.",
+            "",
+            "| blocks dropped | summed cost | rank | joint cost | rank | held-out top-1 | rank |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        sets = probe["sets"]
+        summed, joint = _ranks(sets, "summed"), _ranks(sets, "joint")
+        held = _ranks([s for s in sets if s.get("holdout") is not None], "holdout", reverse=True)
+        for s in sorted(sets, key=lambda s: -(s.get("holdout") or 0.0)):
+            name = "+".join(s["blocks"])
+            top1 = s.get("holdout")
+            lines.append(f"| {', '.join(s['blocks'])} | {s['summed']:.3f} | {summed[name]} | {s['joint']:.3f} | "
+                         f"{joint[name]} | {'—' if top1 is None else f'{top1:.2f}'} | {held.get(name, '—')} |")
+        lines.append("")
+    return lines
+
+
+def _ranks(sets: list[dict], key: str, reverse: bool = False) -> dict[str, int]:
+    """1 for the lowest cost (or the highest top-1 with ``reverse``)."""
+    ordered = sorted(sets, key=lambda s: s[key], reverse=reverse)
+    return {"+".join(s["blocks"]): rank for rank, s in enumerate(ordered, 1)}
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
