@@ -12,7 +12,9 @@ good predictor is strongly negative). Label-free: only the tiny set is used, as 
     python -m benchmarks.write_benchmarks
 
 ``--tiny-from`` scores on another selection's tiny set (a data-free one) against the held-out
-top-1 of the named one.
+top-1 of the named one. ``--recovered N`` adds a third score, still label-free: each set recovered
+for N steps (the run's recovery settings) on four fifths of the tiny set, then the feature error
+and the disagreement with the teacher on the fifth it never saw.
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="a recovery-settings selection run with --every-cover")
     parser.add_argument("--variant", default="stages-mixup", help="the recovery variant whose top-1 is compared")
     parser.add_argument("--tiny-from", help="score on this selection's tiny set instead (default: --name's)")
+    parser.add_argument("--recovered", type=int, default=0, metavar="N",
+                        help="also score each set by N steps of recovery, judged on held-back tiny-set images")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     engine_grid.CODE_VERSION = engine_grid.commit()
     results = engine_grid.load_results(args.results, empty={"probes": {}})
     source = args.tiny_from or args.name
     key = f"{args.name}/{args.variant}" + (f" on {source}'s tiny set" if args.tiny_from else "")
+    key += f", recovered {args.recovered} steps" if args.recovered else ""
     started = time.perf_counter()
-    rows = score_covers(RUNS / source / "selection")
+    rows = score_covers(RUNS / source / "selection", recovered=args.recovered)
     heldout = heldout_top1(json.loads(RECOVERY_RESULTS.read_text())["selections"][args.name], args.variant)
     for row in rows:
         row["holdout"] = heldout.get("+".join(sorted(row["blocks"])))
@@ -51,18 +56,23 @@ def main() -> None:
         "selection": args.name, "variant": args.variant, "tiny_set": source, "sets": rows,
         "spearman_summed": spearman([r["summed"] for r in rows], [r["holdout"] for r in rows]),
         "spearman_joint": spearman([r["joint"] for r in rows], [r["holdout"] for r in rows]),
+        **({"spearman_recovered_mse": spearman([r["recovered_mse"] for r in rows], [r["holdout"] for r in rows]),
+            "spearman_recovered_disagreement": spearman([r["recovered_disagreement"] for r in rows],
+                                                        [r["holdout"] for r in rows])} if args.recovered else {}),
         "seconds": round(time.perf_counter() - started, 1), "machine": engine_grid.machine(),
         "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.CODE_VERSION,
         "command": f"python -m benchmarks.set_costs --name {args.name} --variant {args.variant}"
-                   + (f" --tiny-from {args.tiny_from}" if args.tiny_from else ""),
+                   + (f" --tiny-from {args.tiny_from}" if args.tiny_from else "")
+                   + (f" --recovered {args.recovered}" if args.recovered else ""),
     }
     engine_grid.save_results(results, args.results)
     print(json.dumps(results["probes"][key], indent=1))
 
 
-def score_covers(run: Path, joint: bool = True) -> list[dict]:
+def score_covers(run: Path, joint: bool = True, recovered: int = 0) -> list[dict]:
     """Every minimal cover of the run's target, with the summed single-block cost the run measured
-    and (``joint``) the set's own cost on the run's tiny set with its scoring settings."""
+    and (``joint``) the set's own cost on the run's tiny set with its scoring settings; with
+    ``recovered`` steps, also how the recovered set does on held-back tiny-set images."""
     import torch
 
     from dfpractise.augment import train_augmentation
@@ -89,7 +99,40 @@ def score_covers(run: Path, joint: bool = True) -> list[dict]:
     )
     for row, cost in zip(rows, set_costs(context, covers)):
         row["joint"] = round(cost, 5)
+    if recovered:
+        for row, scores in zip(rows, recovered_scores(config, setup, tiny.images, covers, recovered)):
+            row.update(scores)
     return rows
+
+
+def recovered_scores(config, setup, images, covers: list[list[str]], iterations: int) -> list[dict]:
+    """Each cover recovered for ``iterations`` steps on four fifths of ``images`` (drawn with the
+    run's seed), then its final-feature MSE and top-1 disagreement with the teacher on the rest."""
+    import torch
+    import torch.nn.functional as F
+
+    from dfpractise.augment import train_augmentation
+    from dfpractise.progress import Progress
+    from dfpractise.recovery import recover
+
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
+    held = order[: max(1, len(images) // 5)]
+    train = order[len(held):]
+    settings = config.recovery.replace(iterations=iterations)
+    x = setup.normalize(images[held])
+    with torch.no_grad():
+        wanted, labels = setup.adapter.features(setup.teacher, x), setup.teacher(x).argmax(1)
+    out = []
+    for cover in covers:
+        student = setup.adapter.drop(cover)
+        recover(student, setup.teacher, images[train], settings, train_augmentation(setup.spec.input_size),
+                setup.normalize, seed=config.seed, adapter=setup.adapter, precision=config.precision,
+                progress=Progress(quiet=True))
+        with torch.no_grad():
+            mse = F.mse_loss(setup.adapter.features(student, x), wanted).item()
+            disagreement = (student(x).argmax(1) != labels).float().mean().item()
+        out.append({"recovered_mse": round(mse, 5), "recovered_disagreement": round(disagreement, 4)})
+    return out
 
 
 def heldout_top1(entry: dict, variant: str) -> dict[str, float]:

@@ -21,7 +21,9 @@ def section(record: dict) -> list[str]:
         lines += [
             f"**{key}** ({probe['date']}, commit `{probe['commit']}`, {probe['machine']}, {probe['seconds']:.0f} s): "
             f"`{probe['command']}`. Spearman: summed {_number(probe['spearman_summed'])}, "
-            f"joint {_number(probe['spearman_joint'])}.",
+            f"joint {_number(probe['spearman_joint'])}"
+            + ("".join(f", {name} {_number(probe.get('spearman_' + key))}" for key, name in RECOVERED
+                       if 'spearman_' + key in probe)) + ".",
             "",
             "| blocks dropped | summed cost | rank | joint cost | rank | held-out top-1 | rank |",
             "|---|---|---|---|---|---|---|",
@@ -36,6 +38,11 @@ def section(record: dict) -> list[str]:
                          f"{joint[name]} | {'—' if top1 is None else f'{top1:.2f}'} | {held.get(name, '—')} |")
         lines.append("")
     return lines
+
+
+RECOVERED = (("recovered_mse", "after short recovery, feature error on held-back images"),
+             ("recovered_disagreement", "disagreement there"))
+"""The ``--recovered`` scores, when a probe has them (Spearman only; the raw values are in the JSON)."""
 
 
 def _ranks(sets: list[dict], key: str, reverse: bool = False) -> dict[str, int]:
