@@ -152,3 +152,22 @@ def test_the_set_cost_probe_ranks_covers_against_their_recovered_top1(tmp_path):
     assert heldout_top1(entry, "stages") == {"a.1+b.1": 90.0, "a.2+b.1": 91.0}
     assert spearman([1.0, 2.0, 3.0, 4.0], [90.0, 80.0, None, 70.0]) == -1.0
     assert spearman([1.0, 2.0], [90.0, 80.0]) is None
+
+
+def test_a_short_recovery_scores_each_set_on_tiny_set_images_it_never_saw():
+    import torch
+
+    from benchmarks.set_costs import recovered_scores
+    from dfpractise.config import RunConfig
+    from dfpractise.engine import prepare
+    from dfpractise.models import create_model
+
+    torch.manual_seed(0)
+    config = RunConfig(model="cifar10_resnet20", weights=None, latency_reduction=0.3)
+    setup = prepare(config, teacher=create_model("cifar10_resnet20").eval())
+    images = torch.rand(10, 3, 32, 32)
+    covers = [["layer1.1"], ["layer1.1", "layer3.2"]]
+    scores = recovered_scores(config, setup, images, covers, iterations=3)
+    assert [sorted(s) for s in scores] == [["recovered_disagreement", "recovered_mse"]] * 2
+    assert all(s["recovered_mse"] > 0 and 0 <= s["recovered_disagreement"] <= 1 for s in scores)
+    assert recovered_scores(config, setup, images, covers, iterations=3) == scores  # seeded: a rerun agrees
