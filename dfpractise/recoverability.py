@@ -6,7 +6,8 @@ the cost. ``RecoverabilityCost`` is PRACTISE's measure: drop the block, put iden
 report the remaining error. Made cheap by caching: the network before the block's stage is frozen
 and unchanged, so its output is computed once for a fixed set of augmented views of the tiny set,
 as are the teacher's target features. ``random`` and ``latency-only`` exist so benchmarks can show
-what recoverability buys.
+what recoverability buys. ``set_costs`` measures the same for whole sets of blocks at once, to compare
+candidate selections (``benchmarks/set_costs.py``).
 
 Drop costs are small classes behind one interface (``__call__(context) -> {block: cost}``), in
 the manner of Torch-Pruning's importance criteria: pass an instance of your own to plug one in,
@@ -336,7 +337,7 @@ def _fit_adaptors(
     with adapter.holes([b.name for b in blocks]) as student:
         adaptors, handles = nn.ModuleList(), []
         gone = {b.module for b in blocks if b.part is None}
-        for block in blocks:
+        for block in blocks:  # where two holes hook one module, their adaptors compose (both start as identity)
             around, hooked = attach_adaptors(adapter, student, block, skip=gone)
             adaptors.extend(around)
             handles.extend(hooked)
