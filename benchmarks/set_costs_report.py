@@ -25,17 +25,25 @@ def section(record: dict) -> list[str]:
             + ("".join(f", {name} {_number(probe.get('spearman_' + key))}" for key, name in RECOVERED
                        if 'spearman_' + key in probe)) + ".",
             "",
-            "| blocks dropped | summed cost | rank | joint cost | rank | held-out top-1 | rank |",
-            "|---|---|---|---|---|---|---|",
         ]
         sets = probe["sets"]
+        recovered = all("recovered_mse" in s for s in sets)
+        lines += [
+            "| blocks dropped | summed cost | rank | joint cost | rank |"
+            + (" short recovery: held-back feature error | rank |" if recovered else "")
+            + " held-out top-1 | rank |",
+            "|---|---|---|---|---|" + ("---|---|" if recovered else "") + "---|---|",
+        ]
         summed, joint = _ranks(sets, "summed"), _ranks(sets, "joint")
+        short = _ranks(sets, "recovered_mse") if recovered else {}
         held = _ranks([s for s in sets if s.get("holdout") is not None], "holdout", reverse=True)
         for s in sorted(sets, key=lambda s: -(s.get("holdout") or 0.0)):
             name = "+".join(s["blocks"])
             top1 = s.get("holdout")
             lines.append(f"| {', '.join(s['blocks'])} | {s['summed']:.3f} | {summed[name]} | {s['joint']:.3f} | "
-                         f"{joint[name]} | {'—' if top1 is None else f'{top1:.2f}'} | {held.get(name, '—')} |")
+                         f"{joint[name]} | "
+                         + (f"{s['recovered_mse']:.3f} | {short[name]} | " if recovered else "")
+                         + f"{'—' if top1 is None else f'{top1:.2f}'} | {held.get(name, '—')} |")
         lines.append("")
     return lines
 

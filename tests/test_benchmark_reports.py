@@ -464,3 +464,8 @@ def test_the_set_cost_section_ranks_each_cost_beside_the_recovered_top1():
                     "| a.1, b.1 | 0.800 | 1 | 0.700 | 2 | 90.00 | 2 |",
                     "| a.2, c.1 | 2.000 | 3 | 0.500 | 1 | — | — |"]
     assert set_costs_report.section({}) == []
+    for row, error in zip(probe["sets"], (0.5, 0.4, 0.9)):
+        row["recovered_mse"] = error
+    text = "\n".join(set_costs_report.section({"probes": {"x/stages": probe}}))
+    assert "| a.1, a.2 | 1.200 | 2 | 1.300 | 3 | 0.400 | 1 | 92.00 | 1 |" in text
+    assert "| a.2, c.1 | 2.000 | 3 | 0.500 | 1 | 0.900 | 3 | — | — |" in text
