@@ -199,16 +199,9 @@ def minimal_covers(saving: dict[str, float], target_percent: float) -> list[list
 def cover_variants(run: Path, variants: list[str]) -> list[str]:
     """``variants`` again on every minimal cover of the run's target but its own selection, labelled
     ``LABEL@A+B+C`` with ``drop=A+B+C``."""
-    from dfpractise.recipe import resolve_config
-
-    config = resolve_config(run / "recipe.yaml", {})
-    if config.latency_reduction is None:
-        raise SystemExit("--every-cover needs a run with a latency target, not a drop count")
-    latency = json.loads((run / "latency.json").read_text())
-    saving = {b["name"]: b["delta_lat"] for b in latency["blocks"]}
     own = json.loads((run / "manifest.json").read_text())["dropped"]
     extra = []
-    for cover in minimal_covers(saving, 100 * config.latency_reduction):
+    for cover in run_covers(run)[2]:
         if sorted(cover) == sorted(own):
             continue
         for variant in variants:
@@ -216,6 +209,18 @@ def cover_variants(run: Path, variants: list[str]) -> list[str]:
             blocks = "+".join(cover)
             extra.append(f"{label}@{blocks}:" + ",".join(filter(None, [rest, f"drop={blocks}"])))
     return extra
+
+
+def run_covers(run: Path):
+    """A finished run's settings, each block's measured saving (percent) and the minimal covers of
+    its latency target."""
+    from dfpractise.recipe import resolve_config
+
+    config = resolve_config(run / "recipe.yaml", {})
+    if config.latency_reduction is None:
+        raise SystemExit(f"{run} was made by a drop count: every set of blocks at a cut needs a latency target")
+    saving = {b["name"]: b["delta_lat"] for b in json.loads((run / "latency.json").read_text())["blocks"]}
+    return config, saving, minimal_covers(saving, 100 * config.latency_reduction)
 
 
 def measured_cut(teacher, config, blocks: list[str]) -> dict:

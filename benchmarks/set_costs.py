@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks import engine_grid
-from benchmarks.recovery_settings import minimal_covers
+from benchmarks.recovery_settings import agreement, run_covers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "set_costs.json"
@@ -78,13 +78,10 @@ def score_covers(run: Path, joint: bool = True, recovered: int = 0) -> list[dict
     from dfpractise.augment import train_augmentation
     from dfpractise.engine import load_tiny_set, prepare
     from dfpractise.progress import Progress
-    from dfpractise.recipe import resolve_config
     from dfpractise.recoverability import ScoringContext, set_costs
 
-    config = resolve_config(run / "recipe.yaml", {})
+    config, saving, covers = run_covers(run)
     single = json.loads((run / "scores.json").read_text())["costs"]
-    saving = {b["name"]: b["delta_lat"] for b in json.loads((run / "latency.json").read_text())["blocks"]}
-    covers = minimal_covers(saving, 100 * config.latency_reduction)
     rows = [{"blocks": cover, "summed": round(sum(single[n] for n in cover), 5)} for cover in covers]
     if not joint:
         return rows
@@ -121,7 +118,7 @@ def recovered_scores(config, setup, images, covers: list[list[str]], iterations:
     settings = config.recovery.replace(iterations=iterations)
     x = setup.normalize(images[held])
     with torch.no_grad():
-        wanted, labels = setup.adapter.features(setup.teacher, x), setup.teacher(x).argmax(1)
+        wanted = setup.adapter.features(setup.teacher, x)
     out = []
     for cover in covers:
         student = setup.adapter.drop(cover)
@@ -130,7 +127,7 @@ def recovered_scores(config, setup, images, covers: list[list[str]], iterations:
                 progress=Progress(quiet=True))
         with torch.no_grad():
             mse = F.mse_loss(setup.adapter.features(student, x), wanted).item()
-            disagreement = (student(x).argmax(1) != labels).float().mean().item()
+        disagreement = 1 - agreement(setup.teacher, student, images[held], setup.spec.mean, setup.spec.std)
         out.append({"recovered_mse": round(mse, 5), "recovered_disagreement": round(disagreement, 4)})
     return out
 
