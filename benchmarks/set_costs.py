@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "set_costs.json"
 RECOVERY_RESULTS = ROOT / "benchmarks" / "results" / "recovery_settings.json"
 RUNS = ROOT / "runs" / "bench-recovery-settings"
+RECOVERED_SIGNALS = ("recovered_mse", "recovered_stages_mse", "recovered_kl", "recovered_blend_mse",
+                     "recovered_blend_kl", "recovered_disagreement")
+"""What ``recovered_scores`` judges a briefly recovered set by (lower is better)."""
 
 
 def main() -> None:
@@ -40,6 +43,8 @@ def main() -> None:
     parser.add_argument("--tiny-from", help="score on this selection's tiny set instead (default: --name's)")
     parser.add_argument("--recovered", type=int, default=0, metavar="N",
                         help="also score each set by N steps of recovery, judged on held-back tiny-set images")
+    parser.add_argument("--sets", nargs="+", metavar="A+B+C",
+                        help="score only these minimal sets (default: all of them)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     engine_grid.CODE_VERSION = engine_grid.commit()
@@ -47,8 +52,9 @@ def main() -> None:
     source = args.tiny_from or args.name
     key = f"{args.name}/{args.variant}" + (f" on {source}'s tiny set" if args.tiny_from else "")
     key += f", recovered {args.recovered} steps" if args.recovered else ""
+    key += f", {len(args.sets)} sets" if args.sets else ""
     started = time.perf_counter()
-    rows = score_covers(RUNS / source / "selection", recovered=args.recovered)
+    rows = score_covers(RUNS / source / "selection", recovered=args.recovered, only=args.sets)
     heldout = heldout_top1(json.loads(RECOVERY_RESULTS.read_text())["selections"][args.name], args.variant)
     for row in rows:
         row["holdout"] = heldout.get("+".join(sorted(row["blocks"])))
@@ -56,23 +62,24 @@ def main() -> None:
         "selection": args.name, "variant": args.variant, "tiny_set": source, "sets": rows,
         "spearman_summed": spearman([r["summed"] for r in rows], [r["holdout"] for r in rows]),
         "spearman_joint": spearman([r["joint"] for r in rows], [r["holdout"] for r in rows]),
-        **({"spearman_recovered_mse": spearman([r["recovered_mse"] for r in rows], [r["holdout"] for r in rows]),
-            "spearman_recovered_disagreement": spearman([r["recovered_disagreement"] for r in rows],
-                                                        [r["holdout"] for r in rows])} if args.recovered else {}),
+        **{f"spearman_{signal}": spearman([r[signal] for r in rows], [r["holdout"] for r in rows])
+           for signal in RECOVERED_SIGNALS if args.recovered},
         "seconds": round(time.perf_counter() - started, 1), "machine": engine_grid.machine(),
         "date": time.strftime("%Y-%m-%d"), "commit": engine_grid.CODE_VERSION,
         "command": f"python -m benchmarks.set_costs --name {args.name} --variant {args.variant}"
                    + (f" --tiny-from {args.tiny_from}" if args.tiny_from else "")
-                   + (f" --recovered {args.recovered}" if args.recovered else ""),
+                   + (f" --recovered {args.recovered}" if args.recovered else "")
+                   + (f" --sets {' '.join(args.sets)}" if args.sets else ""),
     }
     engine_grid.save_results(results, args.results)
     print(json.dumps(results["probes"][key], indent=1))
 
 
-def score_covers(run: Path, joint: bool = True, recovered: int = 0) -> list[dict]:
+def score_covers(run: Path, joint: bool = True, recovered: int = 0, only: list[str] | None = None) -> list[dict]:
     """Every minimal cover of the run's target, with the summed single-block cost the run measured
     and (``joint``) the set's own cost on the run's tiny set with its scoring settings; with
-    ``recovered`` steps, also how the recovered set does on held-back tiny-set images."""
+    ``recovered`` steps, also how the recovered set does on held-back tiny-set images. ``only``: the
+    sets (block names joined by +, any order) to score, of the minimal covers."""
     import torch
 
     from dfpractise.augment import train_augmentation
@@ -81,6 +88,12 @@ def score_covers(run: Path, joint: bool = True, recovered: int = 0) -> list[dict
     from dfpractise.recoverability import ScoringContext, set_costs
 
     config, saving, covers = run_covers(run)
+    if only:
+        wanted = {frozenset(s.split("+")) for s in only}
+        unknown = wanted - {frozenset(c) for c in covers}
+        if unknown:
+            raise SystemExit(f"not minimal sets of this run: {', '.join('+'.join(sorted(u)) for u in unknown)}")
+        covers = [c for c in covers if frozenset(c) in wanted]
     single = json.loads((run / "scores.json").read_text())["costs"]
     rows = [{"blocks": cover, "summed": round(sum(single[n] for n in cover), 5)} for cover in covers]
     if not joint:
@@ -104,7 +117,10 @@ def score_covers(run: Path, joint: bool = True, recovered: int = 0) -> list[dict
 
 def recovered_scores(config, setup, images, covers: list[list[str]], iterations: int) -> list[dict]:
     """Each cover recovered for ``iterations`` steps on four fifths of ``images`` (drawn with the
-    run's seed), then its final-feature MSE and top-1 disagreement with the teacher on the rest."""
+    run's seed), then judged against the teacher on the rest, several ways: the final-feature MSE,
+    the MSE summed over every stage's output (what mir-stages trains), the KL divergence of the
+    predictions, the same two on blends of two held-back images (where the teacher hesitates, which
+    inverted images alone rarely show), and the top-1 disagreement."""
     import torch
     import torch.nn.functional as F
 
@@ -117,18 +133,38 @@ def recovered_scores(config, setup, images, covers: list[list[str]], iterations:
     train = order[len(held):]
     settings = config.recovery.replace(iterations=iterations)
     x = setup.normalize(images[held])
-    with torch.no_grad():
-        wanted = setup.adapter.features(setup.teacher, x)
+    pair = torch.randperm(len(held), generator=torch.Generator().manual_seed(config.seed + 1))
+    blended = setup.normalize(0.5 * images[held] + 0.5 * images[held][pair])
+    adapter = setup.adapter
+
+    def judged(model) -> dict:
+        with torch.no_grad():
+            return {"stages": adapter.stage_features(model, x), "logits": model(x),
+                    "blend_features": adapter.features(model, blended), "blend_logits": model(blended)}
+
+    def kl(got: torch.Tensor, wanted: torch.Tensor) -> float:
+        return F.kl_div(F.log_softmax(got.float(), 1), F.log_softmax(wanted.float(), 1), log_target=True,
+                        reduction="batchmean").item()
+
+    setup.teacher.eval()
+    wanted = judged(setup.teacher)
     out = []
     for cover in covers:
-        student = setup.adapter.drop(cover)
+        student = adapter.drop(cover)
         recover(student, setup.teacher, images[train], settings, train_augmentation(setup.spec.input_size),
-                setup.normalize, seed=config.seed, adapter=setup.adapter, precision=config.precision,
+                setup.normalize, seed=config.seed, adapter=adapter, precision=config.precision,
                 progress=Progress(quiet=True))
-        with torch.no_grad():
-            mse = F.mse_loss(setup.adapter.features(student, x), wanted).item()
+        got = judged(student)
         disagreement = 1 - agreement(setup.teacher, student, images[held], setup.spec.mean, setup.spec.std)
-        out.append({"recovered_mse": round(mse, 5), "recovered_disagreement": round(disagreement, 4)})
+        out.append({
+            "recovered_mse": round(F.mse_loss(got["stages"][-1], wanted["stages"][-1]).item(), 5),
+            "recovered_stages_mse": round(sum(F.mse_loss(g, w).item()
+                                              for g, w in zip(got["stages"], wanted["stages"])), 5),
+            "recovered_kl": round(kl(got["logits"], wanted["logits"]), 5),
+            "recovered_blend_mse": round(F.mse_loss(got["blend_features"], wanted["blend_features"]).item(), 5),
+            "recovered_blend_kl": round(kl(got["blend_logits"], wanted["blend_logits"]), 5),
+            "recovered_disagreement": round(disagreement, 4),
+        })
     return out
 
 

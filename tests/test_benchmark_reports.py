@@ -469,3 +469,9 @@ def test_the_set_cost_section_ranks_each_cost_beside_the_recovered_top1():
     text = "\n".join(set_costs_report.section({"probes": {"x/stages": probe}}))
     assert "| a.1, a.2 | 1.200 | 2 | 1.300 | 3 | 0.400 | 1 | 92.00 | 1 |" in text
     assert "| a.2, c.1 | 2.000 | 3 | 0.500 | 1 | 0.900 | 3 | — | — |" in text
+    assert "feature MSE | stage MSE" not in text  # the signals table only for probes that have every signal
+    for row, value in zip(probe["sets"], (0.1, 0.2, 0.3)):
+        row.update({key: value for key, _ in set_costs_report.SIGNALS})
+    text = "\n".join(set_costs_report.section({"probes": {"x/stages": probe}}))
+    assert "| a.1, a.2 | 0.2000 | 0.2000 | 0.2000 | 0.2000 | 0.2000 | 0.2000 | 92.00 |" in text
+    assert "| a.2, c.1 | 0.3000 | 0.3000 | 0.3000 | 0.3000 | 0.3000 | 0.3000 | — |" in text
