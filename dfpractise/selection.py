@@ -225,6 +225,26 @@ def _cheapest_sets(blocks: list[BlockScore], goal: int, top: int, resolution: fl
     return chosen
 
 
+def alternatives(blocks: list[BlockScore], chosen: list[str], need_percent: float, count: int,
+                 method: str = "min-recoverability") -> list[list[str]]:
+    """Up to ``count`` other sets reaching ``need_percent`` summed ΔLat, cheapest first.
+
+    Each is the cheapest set without one of ``chosen``'s blocks (the neighbours of the chosen set
+    in the first round of Lawler's k-best scheme): sets that differ from it where it is least sure,
+    found by as many cover searches as it has blocks, however many blocks the model has.
+    """
+    by_name = {b.name: b for b in blocks}
+    found: dict[tuple[str, ...], float] = {}
+    for name in chosen:
+        left = [b for b in blocks if b.key != by_name[name].key]
+        if sum(b.delta_lat for b in left) < need_percent:
+            continue
+        other = select_by_target(left, need_percent, method)
+        if other and sorted(other) != sorted(chosen):
+            found.setdefault(tuple(other), _cost([by_name[n] for n in other]))
+    return [list(s) for s in sorted(found, key=found.__getitem__)][:count]
+
+
 def next_block(blocks: list[BlockScore], chosen: list[str]) -> BlockScore | None:
     """The best-scored unit of a block none of whose units is chosen, or None when all are."""
     taken = {b.key for b in blocks if b.name in chosen}

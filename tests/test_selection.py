@@ -123,3 +123,30 @@ def test_a_window_no_wider_than_the_margin_is_refused():
 
     with pytest.raises(ConfigError, match="target_window .* must be larger than latency.target_margin"):
         RunConfig.from_dict({"latency": {"target_window": 1.0, "target_margin": 1.0}}).validate()
+
+
+def test_alternatives_are_the_cheapest_covers_without_each_chosen_block():
+    from dfpractise.selection import alternatives
+
+    # ResNet-20-like: six blocks of 8-14%; the cheapest 30% cover is b0+b2+b3
+    blocks = _blocks([0.3, 0.6, 0.2, 0.3, 1.5, 2.0], [13.0, 13.0, 9.0, 9.0, 8.0, 8.0])
+    chosen = select_by_target(blocks, 30.0)
+    assert chosen == ["b0", "b2", "b3"]
+    found = alternatives(blocks, chosen, 30.0, count=5)
+    # without b0: b1+b2+b3 (1.1); without b2: b0+b1+b3 (1.2); without b3: b0+b1+b2 (1.1), cheapest first
+    assert sorted(map(tuple, found[:2])) == [("b0", "b1", "b2"), ("b1", "b2", "b3")]
+    assert found[2] == ["b0", "b1", "b3"]
+    for other in found:  # each reaches the need, is not the chosen set, and is the cheapest without a chosen block
+        assert sum(b.delta_lat for b in blocks if b.name in other) >= 30.0 and other != chosen
+        missing = [n for n in chosen if n not in other]
+        left = [b for b in blocks if b.name not in missing[:1]]
+        assert sum(b.cost for b in blocks if b.name in other) == pytest.approx(_brute_force(left, 30.0))
+    assert alternatives(blocks, chosen, 30.0, count=1) == found[:1]
+
+
+def test_alternatives_skip_a_block_without_which_nothing_reaches_the_need():
+    from dfpractise.selection import alternatives
+
+    blocks = _blocks([0.1, 0.2, 0.3], [20.0, 5.0, 5.0])
+    assert alternatives(blocks, ["b0"], 15.0, count=3) == []  # b1+b2 save only 10
+    assert alternatives(blocks, ["b0"], 8.0, count=3) == [["b1", "b2"]]
