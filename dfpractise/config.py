@@ -243,6 +243,19 @@ class RecoveryConfig(Settings):
                                "teacher every step).")
 
 
+class TrialsConfig(Settings):
+    """Short recoveries that choose between the selection and its nearest alternatives
+    (``dfpractise.trials``)."""
+
+    sets: int = Field(0, ge=0, description="Sets of blocks tried by a short recovery before the real one: the "
+                      "selection and its cheapest alternatives whose measured cut reaches the target; the set whose "
+                      "predictions come closest to the teacher's on held-back tiny-set images is kept (0 or 1: the "
+                      "selection as it is).")
+    iterations: int = Field(500, ge=1, description="Recovery steps of each trial (the recovery's other settings).")
+    held_back: float = Field(0.2, gt=0, lt=1, description="Share of the tiny set each trial is judged on and not "
+                             "trained on.")
+
+
 class BlocksConfig(Settings):
     """Which units of the model may be dropped (found from its recorded forward)."""
 
@@ -281,6 +294,7 @@ class RunConfig(Settings):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    trials: TrialsConfig = Field(default_factory=TrialsConfig)
 
     def validate(self) -> "RunConfig":
         """Check the rules between settings (each setting checks itself); return self."""
@@ -292,6 +306,9 @@ class RunConfig(Settings):
                               "between the two")
         if self.drop is None and self.latency_reduction is None:
             raise ConfigError("give a latency-reduction target (e.g. 0.3) or a drop count")
+        if self.trials.sets > 1 and self.drop is not None:
+            raise ConfigError("trials.sets tries other sets of blocks at the same latency cut; it needs a "
+                              "latency-reduction target, not a drop count")
         if self.data.ood_images is not None and self.data.ood_path is None:
             raise ConfigError("data.ood_images says how many photos to add from data.ood_path, which is not set "
                               "(--ood-data FOLDER)")

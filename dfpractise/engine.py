@@ -42,7 +42,8 @@ from .progress import Progress
 from .recoverability import BlockCosts, DropCost, ScoringContext, create_drop_cost
 from .recovery import RECOVERY_METHODS, check_settings, label_free_methods, recover
 from .run_report import build_report
-from .selection import BlockScore, Selection, check_reachable, select_blocks
+from .selection import BlockScore, Selection, alternatives, check_reachable, select_blocks
+from .trials import Trials, held_back_judge, partial_record, try_sets
 from .sources.images import class_indices, label_names
 
 
@@ -189,7 +190,12 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
     # 5. Which blocks to drop, confirmed by measurement
     with timer("selection"):
         selection = _phase(folder, Selection, lambda: select_for(config, setup, latency, costs, progress))
-        pruned = setup.adapter.drop(selection.dropped)
+    if config.trials.sets > 1:
+        with timer("trials"):
+            trials = _phase(folder, Trials, lambda: trial_sets(config, setup, latency, costs, selection, tiny.images,
+                                                               augment, folder, progress), log=progress.log)
+            selection = trials.selection(selection)
+    pruned = setup.adapter.drop(selection.dropped)
     progress.log(f"dropping {len(selection.dropped)} blocks: {', '.join(selection.dropped)}")
     # 6. Recovery on the tiny set, then the model leaves in the run folder
     with timer("recovery"):
@@ -346,18 +352,40 @@ def score_blocks(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, 
     return BlockCosts(name, setup.drop_cost(context))
 
 
+def block_scores(setup: Setup, latency: BlockLatencyProfile, costs: BlockCosts) -> list[BlockScore]:
+    """What the selection knows of each candidate block: its ΔLat and its cost."""
+    return [BlockScore(b.name, b.stage, b.step, lat.delta_lat, float(costs.costs[b.name]), b.group)
+            for b, lat in zip(setup.blocks, latency.blocks, strict=True)]
+
+
 def select_for(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, costs: BlockCosts,
                progress: Progress) -> Selection:
     """``select_blocks`` for this run's target, measuring on the teacher with the run's timing."""
-    scores = [BlockScore(b.name, b.stage, b.step, lat.delta_lat, float(costs.costs[b.name]), b.group)
-              for b, lat in zip(setup.blocks, latency.blocks, strict=True)]
     return select_blocks(
-        scores, cut_measure(setup.teacher, setup.timing, progress), target=config.latency_reduction,
-        drop=config.drop, all_dropped_cut_percent=latency.all_dropped_cut_percent,
+        block_scores(setup, latency, costs), cut_measure(setup.teacher, setup.timing, progress),
+        target=config.latency_reduction, drop=config.drop, all_dropped_cut_percent=latency.all_dropped_cut_percent,
         margin=config.latency.target_margin, window=config.latency.target_window,
         window_cost=config.latency.target_window_cost, method=config.selection,
         model_name=config.model, log=progress.log,
     )
+
+
+def trial_sets(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, costs: BlockCosts, selected: Selection,
+               images: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor], folder: runs.RunFolder,
+               progress: Progress) -> Trials:
+    """The selection and its cheapest alternatives at the same measured cut, each briefly recovered
+    (``dfpractise.trials``); the one that comes closest to the teacher on held-back images is kept."""
+    scores = block_scores(setup, latency, costs)
+    summed = sum(s.delta_lat for s in scores if s.name in selected.dropped)
+    scale = 100.0 * selected.measured.reduction / summed if summed > 0 else 1.0
+    goal = min(100.0 * config.latency_reduction + config.latency.target_margin, latency.all_dropped_cut_percent)
+    candidates = alternatives(scores, selected.dropped, goal / scale, config.trials.sets - 1, config.selection)
+    done, save = partial_record(folder.path, resume=folder.resume)
+    judge = held_back_judge(config, setup.teacher, setup.adapter, images, augment, setup.normalize, progress)
+    trials = try_sets(selected, candidates, cut_measure(setup.teacher, setup.timing, progress), judge, goal,
+                      done=done, save=save, log=progress.log)
+    progress.log(f"trials kept {', '.join(trials.chosen)}")
+    return trials
 
 
 def evaluate(config: RunConfig, setup: Setup, pruned: nn.Module, progress: Progress) -> dict[str, dict] | None:

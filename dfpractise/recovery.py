@@ -130,12 +130,14 @@ def recover(
     checkpoint: str | Path | None = None,
     adapter: ModelAdapter | None = None,
     precision: str = "fp32",
+    description: str = "Recovering",
 ) -> RecoveryResult:
     """Train ``student`` in place to recover the teacher's behaviour on ``images``.
 
     ``adapter`` is the teacher's (``adapter_for(teacher)`` when not given): where the features
     are read and which parameters form the head, for the student too (a pruned copy keeps the
     teacher's module names). ``precision``: ``auto``, ``fp32`` or ``bf16`` (``dfpractise.precision``).
+    ``description`` names the progress bar (a trial's recovery is not the run's).
     """
     method = config.method
     adapter = adapter or adapter_for(teacher)
@@ -186,7 +188,7 @@ def recover(
     step = None
     try:
         with deferred_interrupt() as interrupted, distributed.synchronized_batchnorm(student, device), \
-                (progress or Progress()).task(f"Recovering ({method})", total=config.iterations) as task:
+                (progress or Progress()).task(f"{description} ({method})", total=config.iterations) as task:
             step = _parallel_loss(student, adapter, loss_fn, config, device) if parallel else None
             task.advance(start)
             for iteration in range(start, config.iterations):

@@ -28,6 +28,7 @@ from .recoverability import BlockCosts
 from .report import read_json, save_sample_grid, write_json
 from .sources.base import reported_part
 from .selection import Selection
+from .trials import Trials
 
 MANIFEST_FORMAT = "dfpractise-manifest/2"  # /2 adds the sha256 of the weights files in the folder
 READABLE_FORMATS = ("dfpractise-manifest/1", MANIFEST_FORMAT)
@@ -42,9 +43,9 @@ CHECKPOINT = "recovery.ckpt"
 REPORT = "report.json"
 LOCK = ".lock"  # held (flock) by the process writing the folder
 STAGING = ".next"  # an --overwrite run is built here and moved in once it has finished
-PHASES = (BlockLatencyProfile, BlockCosts, Selection)
+PHASES = (BlockLatencyProfile, BlockCosts, Selection, Trials)
 ARTEFACTS = (RECIPE, MANIFEST, WEIGHTS, TEACHER_WEIGHTS, FILE_LIST, TINY_SET_REPORT, SAMPLES,
-             *(phase.FILE for phase in PHASES), CHECKPOINT, REPORT)
+             *(phase.FILE for phase in PHASES), Trials.PARTIAL, CHECKPOINT, REPORT)
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:

@@ -1,0 +1,165 @@
+"""Which of a few sets of blocks recovers best, tried briefly before the real recovery.
+
+The selection keeps the set with the least summed single-block cost, each cost measured with that
+block alone taken out. Blocks interact: two adjacent holes can recover better together than their
+costs say, so the cheapest set is not always the one that recovers best (``benchmarks/NOTES.md``,
+"Reading every set of blocks at the ResNet-20s' 30% cut"). With ``trials.sets`` above 1 the run
+also measures the selection's nearest alternatives (``selection.alternatives``), keeps those whose
+measured cut reaches the target, recovers each for ``trials.iterations`` steps on most of the tiny
+set, and keeps the set whose predictions are closest to the teacher's (KL divergence) on the
+images held back; the smaller cut wins a tie. Label-free, like the rest of a run. Each trial is written as it ends, so
+an interrupted run resumes after the last finished one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RunConfig
+from .models.adapter import ModelAdapter
+from .progress import Progress
+from .recovery import recover
+from .errors import DataError
+from .report import read_json, write_json
+from .selection import Measure, MeasuredCut, Selection
+
+
+@dataclass
+class Trial:
+    """One set of blocks tried: its measured cut, and its held-back error when it was recovered
+    (None when its cut fell short of the target, so it was not)."""
+
+    blocks: list[str]
+    cut: MeasuredCut
+    error: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"blocks": list(self.blocks), "cut": self.cut.to_json(), "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Trial":
+        return cls(list(data["blocks"]), MeasuredCut.from_json(data["cut"]), data.get("error"))
+
+
+@dataclass
+class Trials:
+    """Every set tried, in the order tried (the selection first), and the one kept."""
+
+    FILE = "trials.json"
+    PARTIAL = "trials.partial.json"
+    """The trials finished so far, while the phase runs (what a resumed run starts from)."""
+    chosen: list[str]
+    trials: list[Trial] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chosen": list(self.chosen), "trials": [t.to_json() for t in self.trials]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Trials":
+        return cls(list(data["chosen"]), [Trial.from_json(t) for t in data["trials"]])
+
+    def selection(self, selected: Selection) -> Selection:
+        """``selected`` when it was kept, else the kept set with its trial's measurement, and every
+        trial's reading added to the selection's."""
+        kept = next(t for t in self.trials if t.blocks == self.chosen)
+        readings = selected.readings + [
+            {"blocks": list(t.blocks), "measured": round(100 * t.cut.reduction, 3), "rounds": 2, "trial_error": t.error}
+            for t in self.trials if t.blocks != selected.dropped]
+        if kept.blocks == selected.dropped:
+            return Selection(selected.dropped, selected.measured, selected.predicted, readings)
+        return Selection(list(kept.blocks), kept.cut, None, readings)
+
+
+Judge = Callable[[list[str], str], float]
+"""Recovers a set of blocks briefly and returns its error on held-back images (lower is better);
+the second argument names its progress bar."""
+
+
+def try_sets(selected: Selection, candidates: list[list[str]], measure: Measure, judge: Judge, goal_percent: float,
+             done: list[Trial] | None = None, save: Callable[[list[Trial]], None] = lambda trials: None,
+             log: Callable[[str], None] = lambda message: None) -> Trials:
+    """Judge the selection and each candidate whose measured cut reaches ``goal_percent``; keep
+    the least error, the smaller cut on a tie.
+
+    ``done``: trials finished before an interruption, not run again. ``save`` is called with every
+    trial so far after each one.
+    """
+    trials = list(done or [])
+    finished = {tuple(t.blocks) for t in trials}
+    sets = [selected.dropped] + [c for c in candidates if c != selected.dropped]
+    for number, blocks in enumerate(sets, 1):
+        if tuple(blocks) in finished:
+            continue
+        cut = selected.measured if blocks == selected.dropped else measure(blocks, rounds=2)
+        trial = Trial(list(blocks), cut)
+        percent = 100 * cut.reduction
+        if percent >= goal_percent:
+            log(f"trial {number}/{len(sets)}: {', '.join(blocks)} (cut {percent:.1f}%)")
+            trial.error = float(judge(list(blocks), f"Trying set {number}/{len(sets)}"))
+            log(f"trial {number}/{len(sets)}: held-back error {trial.error:.4f}")
+        else:
+            log(f"trial {number}/{len(sets)}: {', '.join(blocks)} cuts {percent:.1f}% < {goal_percent:.1f}%; "
+                "not tried")
+        trials.append(trial)
+        save(trials)
+    judged = [t for t in trials if t.error is not None]
+    best = min(judged, key=lambda t: (t.error, t.cut.reduction))
+    return Trials(list(best.blocks), trials)
+
+
+def held_back_judge(config: RunConfig, teacher: nn.Module, adapter: ModelAdapter, images: torch.Tensor,
+                    augment: Callable[[torch.Tensor], torch.Tensor],
+                    normalize: Callable[[torch.Tensor], torch.Tensor], progress: Progress) -> Judge:
+    """A ``Judge``: recover for ``config.trials.iterations`` steps on the tiny set less a held-back
+    share (drawn with the run's seed; the same for every set), then the KL divergence of the
+    student's predictions from the teacher's on that share.
+
+    Predictions, not features: on BN-inversion images the final-feature error ranked the ResNet-20s'
+    block sets against how they recover, the KL with it (``benchmarks/NOTES.md``, "Reading the
+    trials"); features carry directions the classifier ignores.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(images), generator=generator)
+    count = min(len(images) - 1, max(1, round(config.trials.held_back * len(images))))
+    held, train = images[order[:count]], images[order[count:]]
+    settings = config.recovery.replace(iterations=config.trials.iterations, checkpoint_every=0)
+    device = torch.device(config.device)
+    x = normalize(held.to(device))
+    teacher.eval()
+    with torch.no_grad():
+        wanted = F.log_softmax(teacher(x).float(), dim=1)
+
+    def judge(blocks: list[str], description: str) -> float:
+        student = adapter.drop(blocks)
+        recover(student, teacher, train, settings, augment, normalize, seed=config.seed, device=device,
+                progress=progress, adapter=adapter, precision=config.precision, description=description)
+        with torch.no_grad():
+            got = F.log_softmax(student(x).float(), dim=1)
+        return F.kl_div(got, wanted, log_target=True, reduction="batchmean").item()
+
+    return judge
+
+
+def partial_record(folder: Path | None, resume: bool) -> tuple[list[Trial], Callable[[list[Trial]], None]]:
+    """The trials an interrupted run finished in ``folder`` (when resuming it), and the function
+    that records more there (nothing without a folder)."""
+    path = folder / Trials.PARTIAL if folder is not None else None
+    done = []
+    if resume and path is not None and path.exists():
+        try:
+            done = [Trial.from_json(t) for t in read_json(path)["trials"]]
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path} is damaged or was written by another version; delete it to redo the trials") \
+                from None
+
+    def save(trials: list[Trial]) -> None:
+        if path is not None:
+            write_json({"trials": [t.to_json() for t in trials]}, path)
+
+    return done, save
