@@ -18,6 +18,11 @@ drawn set. Accuracy is on cifar10-jpeg/val (5,000 images).
     python -m benchmarks.data_free
     python -m benchmarks.data_free --teachers cifar10jpeg-resnet56 --sets synthetic generator
     python -m benchmarks.data_free --quality    # what each finished run's teacher saw in its set
+    python -m benchmarks.data_free --sets synthetic --trials 4 --images-from pooled --label trials4
+
+``--trials N`` lets every run try N sets of blocks briefly before recovering (``trials.sets``);
+``--images-from LABEL`` recovers from another run's images, so two selections can be compared on
+the same images without synthesising them again.
     python -m benchmarks.write_benchmarks
 
 Results are saved after each run; an interrupted benchmark continues where it stopped.
@@ -61,6 +66,11 @@ def main() -> None:
     parser.add_argument("--label", default="", help="suffix of the result keys (e.g. 'before' for an older commit)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "data_free.json")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-data-free")
+    parser.add_argument("--trials", type=int, default=0, metavar="N",
+                        help="trials.sets of every run: try the selection and its cheapest alternatives briefly")
+    parser.add_argument("--images-from", metavar="LABEL",
+                        help="recover from the images a run labelled LABEL made (same teacher, set and seed) "
+                             "instead of synthesising afresh; its synthesis time is not this run's")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--quality", action="store_true",
                         help="run nothing: measure what the teacher sees in each finished run's tiny set")
@@ -79,10 +89,16 @@ def main() -> None:
             recipe, data = SETS[name]
             out = args.runs_dir / key
             cache = args.runs_dir / f"{key}-images"
-            shutil.rmtree(cache, ignore_errors=True)
+            if args.images_from:
+                cache = args.runs_dir / f"{teacher}-{name}-s{args.seed}-{args.images_from}-images"
+                if name != "real500" and not cache.exists():
+                    raise SystemExit(f"no images at {cache}: run --label {args.images_from} first")
+            else:
+                shutil.rmtree(cache, ignore_errors=True)
             data = {k: v.format(ood=ood_folder()) if isinstance(v, str) else v for k, v in data.items()}
             overrides = {"model": TEACHERS[teacher], "weights": teacher, "seed": args.seed,
-                         "data": {**data, **({"cache_dir": str(cache)} if name != "real500" else {})}}
+                         "data": {**data, **({"cache_dir": str(cache)} if name != "real500" else {})},
+                         **({"trials": {"sets": args.trials}} if args.trials else {})}
             config = resolve_config(ROOT / "recipes" / recipe, overrides)
             print(f"run {key}", flush=True)
             start = time.perf_counter()
@@ -91,6 +107,7 @@ def main() -> None:
             tiny = report.get("tiny_set") or folder_quality(config)
             results["runs"][key] = {
                 "teacher": teacher, "set": name, "seed": args.seed, "label": args.label, "recipe": recipe,
+                "trials": args.trials, "images_from": args.images_from,
                 "num_images": report["num_images"],
                 "tiny_set": tiny, "precision": report["recovery"].get("precision"),
                 **engine_grid.summarise(report, time.perf_counter() - start),
