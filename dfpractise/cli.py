@@ -269,6 +269,7 @@ def main() -> None:
 @setting_option("--drop", path="drop")
 @setting_option("--scorer", path="scoring.scorer")
 @setting_option("--selection", path="selection")
+@setting_option("--trials", path="trials.sets", metavar="N")
 @training_options
 @setting_option("--score-iterations", path="scoring.iterations")
 @setting_option("--batch-size", path="latency.batch_size")

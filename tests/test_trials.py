@@ -165,3 +165,15 @@ def test_a_run_with_trials_drops_the_set_they_kept_and_resumes_after_the_last_fi
     assert result.dropped == trials.chosen == best.blocks
     assert result.report["dropped"] == trials.chosen
     assert len({tuple(t.blocks) for t in trials.trials}) == 3  # three different sets, all at the target
+
+
+def test_cli_trials_with_a_drop_count_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from dfpractise.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--model", "cifar10_resnet20", "--weights", "none", "--drop", "2",
+                                       "--trials", "3", "--out", str(tmp_path / "run"),
+                                       "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "needs a latency-reduction target" in result.output and result.output.strip().count("\n") == 0
