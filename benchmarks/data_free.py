@@ -18,7 +18,7 @@ drawn set. Accuracy is on cifar10-jpeg/val (5,000 images).
     python -m benchmarks.data_free
     python -m benchmarks.data_free --teachers cifar10jpeg-resnet56 --sets synthetic generator
     python -m benchmarks.data_free --quality    # what each finished run's teacher saw in its set
-    python -m benchmarks.data_free --sets synthetic --trials 4 --images-from pooled --label trials4
+    python -m benchmarks.data_free --sets synthetic --trials 6 --images-from pooled --label trials6
 
 ``--trials N`` lets every run try N sets of blocks briefly before recovering (``trials.sets``);
 ``--images-from LABEL`` recovers from another run's images, so two selections can be compared on

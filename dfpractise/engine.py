@@ -373,7 +373,7 @@ def select_for(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, co
 def trial_sets(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, costs: BlockCosts, selected: Selection,
                images: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor], folder: runs.RunFolder,
                progress: Progress) -> Trials:
-    """The selection and its cheapest alternatives at the same measured cut, each briefly recovered
+    """The selection and the next cheapest sets reaching its measured cut, each briefly recovered
     (``dfpractise.trials``); the one that comes closest to the teacher on held-back images is kept."""
     scores = block_scores(setup, latency, costs)
     summed = sum(s.delta_lat for s in scores if s.name in selected.dropped)

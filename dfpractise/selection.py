@@ -227,22 +227,57 @@ def _cheapest_sets(blocks: list[BlockScore], goal: int, top: int, resolution: fl
 
 def alternatives(blocks: list[BlockScore], chosen: list[str], need_percent: float, count: int,
                  method: str = "min-recoverability") -> list[list[str]]:
-    """Up to ``count`` other sets reaching ``need_percent`` summed ΔLat, cheapest first.
+    """The ``count`` cheapest minimal sets reaching ``need_percent`` summed ΔLat, other than
+    ``chosen``, cheapest first, each in network order.
 
-    Each is the cheapest set without one of ``chosen``'s blocks (the neighbours of the chosen set
-    in the first round of Lawler's k-best scheme): sets that differ from it where it is least sure,
-    found by as many cover searches as it has blocks, however many blocks the model has.
+    Lawler's k-best scheme over the cover search: each set found splits what is left into
+    subproblems that keep its first blocks and leave out the next one, each solved by one cover
+    search, so it scales with the sets asked for, not with the number of subsets. Sets with a block
+    to spare (a cheaper minimal set inside them exists) are passed over.
     """
-    by_name = {b.name: b for b in blocks}
-    found: dict[tuple[str, ...], float] = {}
-    for name in chosen:
-        left = [b for b in blocks if b.key != by_name[name].key]
-        if sum(b.delta_lat for b in left) < need_percent:
-            continue
-        other = select_by_target(left, need_percent, method)
-        if other and sorted(other) != sorted(chosen):
-            found.setdefault(tuple(other), _cost([by_name[n] for n in other]))
-    return [list(s) for s in sorted(found, key=found.__getitem__)][:count]
+    import heapq
+
+    select = SELECTION_METHODS.get(method)
+    order = {b.name: b.step for b in blocks}
+    groups = {b.name: b.key for b in blocks}
+
+    def solve(kept: tuple[BlockScore, ...], out: frozenset[str]) -> tuple[BlockScore, ...] | None:
+        need = need_percent - sum(b.delta_lat for b in kept)
+        taken = out | {b.key for b in kept}
+        pool = [b for b in blocks if b.key not in taken]
+        if need <= 0:
+            return kept
+        if sum(b.delta_lat for b in pool) < need:
+            return None
+        free = select(pool, need, None)
+        return kept + tuple(sorted(free, key=lambda b: b.step)) if free else None
+
+    def minimal(found: tuple[BlockScore, ...]) -> bool:
+        total = sum(b.delta_lat for b in found)
+        return all(total - b.delta_lat < need_percent for b in found)
+
+    heap: list[tuple[float, tuple[str, ...], int, tuple[BlockScore, ...], frozenset[str]]] = []
+
+    def push(kept: tuple[BlockScore, ...], out: frozenset[str]) -> None:
+        found = solve(kept, out)
+        if found is not None:
+            names = tuple(sorted((b.name for b in found), key=order.__getitem__))
+            heapq.heappush(heap, (_cost(list(found)), names, len(kept), found, out))
+
+    push((), frozenset())
+    results: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+    skip = frozenset(chosen)
+    for _ in range(50 * (count + 1)):  # each pop is one set; non-minimal ones cost a pop too
+        if not heap or len(results) >= count:
+            break
+        _, names, fixed, found, out = heapq.heappop(heap)
+        if frozenset(names) not in seen and minimal(found) and frozenset(names) != skip:
+            results.append(list(names))
+        seen.add(frozenset(names))
+        for i in range(fixed, len(found)):
+            push(found[:i], out | {groups[found[i].name]})
+    return results
 
 
 def next_block(blocks: list[BlockScore], chosen: list[str]) -> BlockScore | None:

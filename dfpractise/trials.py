@@ -4,7 +4,7 @@ The selection keeps the set with the least summed single-block cost, each cost m
 block alone taken out. Blocks interact: two adjacent holes can recover better together than their
 costs say, so the cheapest set is not always the one that recovers best (``benchmarks/NOTES.md``,
 "Reading every set of blocks at the ResNet-20s' 30% cut"). With ``trials.sets`` above 1 the run
-also measures the selection's nearest alternatives (``selection.alternatives``), keeps those whose
+also measures the next cheapest minimal sets (``selection.alternatives``), keeps those whose
 measured cut reaches the target, recovers each for ``trials.iterations`` steps on most of the tiny
 set, and keeps the set whose predictions are closest to the teacher's (KL divergence) on the
 images held back; the smaller cut wins a tie. Label-free, like the rest of a run. Each trial is written as it ends, so

@@ -125,26 +125,46 @@ def test_a_window_no_wider_than_the_margin_is_refused():
         RunConfig.from_dict({"latency": {"target_window": 1.0, "target_margin": 1.0}}).validate()
 
 
-def test_alternatives_are_the_cheapest_covers_without_each_chosen_block():
+def _minimal_covers_by_cost(blocks, need):
+    covers = []
+    for r in range(1, len(blocks) + 1):
+        for combo in itertools.combinations(blocks, r):
+            total = sum(b.delta_lat for b in combo)
+            if total >= need and all(total - b.delta_lat < need for b in combo):
+                covers.append((sum(b.cost for b in combo), [b.name for b in combo]))
+    return sorted(covers)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_alternatives_are_the_next_cheapest_minimal_covers(seed):
     from dfpractise.selection import alternatives
 
-    # ResNet-20-like: six blocks of 8-14%; the cheapest 30% cover is b0+b2+b3
-    blocks = _blocks([0.3, 0.6, 0.2, 0.3, 1.5, 2.0], [13.0, 13.0, 9.0, 9.0, 8.0, 8.0])
-    chosen = select_by_target(blocks, 30.0)
-    assert chosen == ["b0", "b2", "b3"]
-    found = alternatives(blocks, chosen, 30.0, count=5)
-    # without b0: b1+b2+b3 (1.1); without b2: b0+b1+b3 (1.2); without b3: b0+b1+b2 (1.1), cheapest first
-    assert sorted(map(tuple, found[:2])) == [("b0", "b1", "b2"), ("b1", "b2", "b3")]
-    assert found[2] == ["b0", "b1", "b3"]
-    for other in found:  # each reaches the need, is not the chosen set, and is the cheapest without a chosen block
-        assert sum(b.delta_lat for b in blocks if b.name in other) >= 30.0 and other != chosen
-        missing = [n for n in chosen if n not in other]
-        left = [b for b in blocks if b.name not in missing[:1]]
-        assert sum(b.cost for b in blocks if b.name in other) == pytest.approx(_brute_force(left, 30.0))
-    assert alternatives(blocks, chosen, 30.0, count=1) == found[:1]
+    rng = random.Random(seed)
+    blocks = _blocks([rng.uniform(0.05, 1) for _ in range(9)], [rng.uniform(4, 14) for _ in range(9)])
+    need = rng.uniform(20, 40)
+    expected = _minimal_covers_by_cost(blocks, need)
+    chosen = expected[0][1]
+    found = alternatives(blocks, chosen, need, count=5)
+    assert len(found) == min(5, len(expected) - 1)
+    assert [sum(b.cost for b in blocks if b.name in f) for f in found] == pytest.approx([c for c, _ in expected[1:6]])
+    assert all(f != chosen and len({*f}) == len(f) for f in found)
+    assert alternatives(blocks, chosen, need, count=2) == found[:2]
 
 
-def test_alternatives_skip_a_block_without_which_nothing_reaches_the_need():
+def test_alternatives_of_a_resnet20_cut_include_both_stage1_blocks_when_cheap_enough():
+    from dfpractise.selection import alternatives
+
+    # costs and savings like the JPEG ResNet-20's: the cheapest set drops one stage-1 and both stage-2 blocks
+    names = ["layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
+    costs = [0.17, 0.45, 0.27, 0.22, 0.51, 1.13]
+    lats = [13.0, 13.0, 9.5, 9.5, 8.0, 8.0]
+    blocks = [BlockScore(n, int(n[5]), i, lat, c) for i, (n, c, lat) in enumerate(zip(names, costs, lats))]
+    found = alternatives(blocks, ["layer1.1", "layer2.1", "layer2.2"], 30.0, count=5)
+    assert ["layer1.1", "layer1.2", "layer2.2"] in found and ["layer1.1", "layer1.2", "layer2.1"] in found
+    assert all(names.index(a) < names.index(b) for f in found for a, b in zip(f, f[1:]))  # network order
+
+
+def test_alternatives_skip_what_cannot_reach_the_need():
     from dfpractise.selection import alternatives
 
     blocks = _blocks([0.1, 0.2, 0.3], [20.0, 5.0, 5.0])
