@@ -42,7 +42,7 @@ from .progress import Progress
 from .recoverability import BlockCosts, DropCost, ScoringContext, create_drop_cost
 from .recovery import RECOVERY_METHODS, check_settings, label_free_methods, recover
 from .run_report import build_report
-from .selection import BlockScore, Selection, alternatives, check_reachable, select_blocks
+from .selection import BlockScore, MeasuredCut, Selection, alternatives, check_reachable, select_blocks
 from .trials import Trials, held_back_judge, partial_record, try_sets
 from .sources.images import class_indices, label_names
 
@@ -193,7 +193,8 @@ def _compress(config: RunConfig, folder: runs.RunFolder, teacher: nn.Module | No
     if config.trials.sets > 1:
         with timer("trials"):
             trials = _phase(folder, Trials, lambda: trial_sets(config, setup, latency, costs, selection, tiny.images,
-                                                               augment, folder, progress), log=progress.log)
+                                                               augment, folder, progress), log=progress.log,
+                            everyone=True)
             selection = trials.selection(selection)
     pruned = setup.adapter.drop(selection.dropped)
     progress.log(f"dropping {len(selection.dropped)} blocks: {', '.join(selection.dropped)}")
@@ -381,9 +382,17 @@ def trial_sets(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, co
     goal = min(100.0 * config.latency_reduction + config.latency.target_margin, latency.all_dropped_cut_percent)
     candidates = alternatives(scores, selected.dropped, goal / scale, config.trials.sets - 1, config.selection)
     done, save = partial_record(folder.path, resume=folder.resume)
-    judge = held_back_judge(config, setup.teacher, setup.adapter, images, augment, setup.normalize, progress)
-    trials = try_sets(selected, candidates, cut_measure(setup.teacher, setup.timing, progress), judge, goal,
-                      done=done, save=save, log=progress.log)
+    done = distributed.broadcast_object(done)  # under torchrun every rank recovers each trial; rank 0 decides
+    measure = cut_measure(setup.teacher, setup.timing, progress)
+    recovered = held_back_judge(config, setup.teacher, setup.adapter, images, augment, setup.normalize, progress)
+
+    def measured(blocks: list[str], rounds: int = 1) -> MeasuredCut:
+        return distributed.on_main(lambda: measure(blocks, rounds))
+
+    def judge(blocks: list[str], description: str) -> float:
+        return distributed.broadcast_object(recovered(blocks, description))
+
+    trials = try_sets(selected, candidates, measured, judge, goal, done=done, save=save, log=progress.log)
     progress.log(f"trials kept {', '.join(trials.chosen)}")
     return trials
 

@@ -177,3 +177,18 @@ def test_an_error_on_rank_0_ends_both_ranks_with_one_line(tmp_path, assets_dir):
     assert lines == [f"error: {taken} exists and is not empty; choose another --out or pass --overwrite"], \
         done.stderr[-2000:]
     assert "exitcode  : 2" in done.stderr  # rank 0 leaves with the user-error code; torchrun then stops rank 1
+
+
+def test_two_process_trials_recover_each_set_on_both_ranks_and_keep_rank_0s_choice(tmp_path, assets_dir):
+    """Trials under torchrun: every rank recovers each trial (recovery is DistributedDataParallel),
+    rank 0 alone measures the cuts and decides, and the run finishes with the set the trials kept."""
+    out = tmp_path / "two"
+    args = _run_args(assets_dir / "cifar10-jpeg" / "train", out, iterations=2)
+    at = args.index("--drop")
+    args[at:at + 2] = ["--latency-reduction", "0.2", "--trials", "3", "--set", "trials.iterations=2"]
+    _ok([*TWO, *args])
+    trials = json.loads((out / "trials.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert report["dropped"] == trials["chosen"]
+    judged = [t for t in trials["trials"] if t["error"] is not None]
+    assert judged and trials["chosen"] in [t["blocks"] for t in judged]
