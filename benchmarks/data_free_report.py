@@ -33,7 +33,9 @@ def section(record: dict) -> list[str]:
         "cache in the same run; agreement is the share of synthetic images the teacher classifies as their "
         "intended class (for real images: as their label; photos have none); BN distance is the mean over batches "
         "of 256 of the summed distances between the batch's BatchNorm statistics and the teacher's running ones "
-        "(for photos beside synthetic images: of the synthetic images).",
+        "(for photos beside synthetic images: of the synthetic images). A run made with `--images-from LABEL` "
+        "recovered from the images of that label's run (no synthesis of its own: its synthesis time reads "
+        "'reused'); `--trials N` runs tried N sets of blocks briefly before recovering (`trials.sets`).",
         "",
         f"Machine: {any_run['machine']}. Dates: {', '.join(dates)}. Commits: {', '.join(f'`{c}`' for c in commits)}.",
         "Command: `python -m benchmarks.data_free`, then `python -m benchmarks.write_benchmarks`. Raw results: "
@@ -58,13 +60,13 @@ def section(record: dict) -> list[str]:
         lines.append(
             f"| {run['teacher']} | {SET_NAMES.get(run['set'], run['set'])} | {version(run)} `{run['commit']}` | "
             f"{run['teacher_top1']:.2f} | {run['pruned_top1']:.2f} | {run['drop_top1']:.2f} | "
-            f"{100 * run['reduction']:.1f}% | {_number(tiny.get('synthesis_seconds'), 0)} | "
+            f"{100 * run['reduction']:.1f}% | {_synthesis(run)} | "
             f"{_number(100 * agreement, 1) + '%' if agreement is not None else '-'} | "
             f"{_number(tiny.get('bn_distance'), 1)} | {len(run['dropped'])} | {run['wall_seconds']:.0f} |")
     ratios = []
     for teacher, label in sorted({(r["teacher"], version(r)) for r in runs.values()}):
         times = {r["set"]: (r.get("tiny_set") or {}).get("synthesis_seconds") for r in runs.values()
-                 if r["teacher"] == teacher and version(r) == label}
+                 if r["teacher"] == teacher and version(r) == label and not r.get("images_from")}
         if times.get("synthetic") and times.get("generator"):
             ratios.append(f"{teacher} ({label}) {times['synthetic'] / times['generator']:.1f}x")
     if ratios:
@@ -85,6 +87,13 @@ def section(record: dict) -> list[str]:
                      else "-" for v in ["before", *labels]]
             lines.append(f"| {teacher} | {SET_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _synthesis(run: dict) -> str:
+    """Seconds of synthesis, or 'reused' for a run that recovered from another run's images."""
+    if run.get("images_from") and run.get("set") != "real500":
+        return f"reused ({run['images_from']})"
+    return _number((run.get("tiny_set") or {}).get("synthesis_seconds"), 0)
 
 
 def quality_table(runs: dict, set_rank, version) -> list[str]:

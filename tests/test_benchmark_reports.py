@@ -265,6 +265,15 @@ def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis
     assert "| r56 | 512 BN-inversion images | 1.36 (31.0%) | 0.86 (31.0%) |" in text
     assert "| r56 | 500 real images | 0.36 (31.0%) | - |" in text
     assert data_free_report.section({}) == []
+    # runs on another run's images: their cached 'synthesis' is no synthesis, and no ratio is made of it
+    record["runs"]["r56-synthetic-trials"] = {**run("r56", "synthetic", 88.9, 0.1, 1.0), "label": "trials",
+                                              "images_from": "after", "trials": 6}
+    record["runs"]["r56-generator-trials"] = {**run("r56", "generator", 88.0, 0.1, 1.0), "label": "trials",
+                                              "images_from": "after", "trials": 6}
+    text = "\n".join(data_free_report.section(record))
+    assert "| 31.0% | reused (after) | 100.0% |" in text
+    assert "r56 (trials)" not in text and "r56 (before) 4.0x." in text
+    assert "| r56 | 512 BN-inversion images | 1.36 (31.0%) | 0.86 (31.0%) | 0.46 (31.0%) |" in text
 
 
 def test_the_data_free_section_sets_what_the_teacher_sees_beside_each_drop():
