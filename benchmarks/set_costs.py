@@ -32,7 +32,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "set_costs.json"
 RECOVERY_RESULTS = ROOT / "benchmarks" / "results" / "recovery_settings.json"
 RUNS = ROOT / "runs" / "bench-recovery-settings"
 RECOVERED_SIGNALS = ("recovered_mse", "recovered_stages_mse", "recovered_kl", "recovered_blend_mse",
-                     "recovered_blend_kl", "recovered_disagreement")
+                     "recovered_blend_kl", "recovered_logit_mse", "recovered_kl_t4", "recovered_view_kl",
+                     "recovered_disagreement")
 """What ``recovered_scores`` judges a briefly recovered set by (lower is better)."""
 
 
@@ -120,7 +121,9 @@ def recovered_scores(config, setup, images, covers: list[list[str]], iterations:
     run's seed), then judged against the teacher on the rest, several ways: the final-feature MSE,
     the MSE summed over every stage's output (what mir-stages trains), the KL divergence of the
     predictions, the same two on blends of two held-back images (where the teacher hesitates, which
-    inverted images alone rarely show), and the top-1 disagreement."""
+    inverted images alone rarely show), the MSE of the logits, the KL at temperature 4 (the
+    classes after the first), the KL on four augmented views of each held-back image, and the
+    top-1 disagreement."""
     import torch
     import torch.nn.functional as F
 
@@ -137,14 +140,21 @@ def recovered_scores(config, setup, images, covers: list[list[str]], iterations:
     blended = setup.normalize(0.5 * images[held] + 0.5 * images[held][pair])
     adapter = setup.adapter
 
+    torch.manual_seed(config.seed)
+    augment = train_augmentation(setup.spec.input_size)
+    with torch.no_grad():
+        views = setup.normalize(torch.cat([augment(images[held]) for _ in range(4)]))
+
     def judged(model) -> dict:
         with torch.no_grad():
             return {"stages": adapter.stage_features(model, x), "logits": model(x),
-                    "blend_features": adapter.features(model, blended), "blend_logits": model(blended)}
+                    "blend_features": adapter.features(model, blended), "blend_logits": model(blended),
+                    "view_logits": model(views)}
 
-    def kl(got: torch.Tensor, wanted: torch.Tensor) -> float:
-        return F.kl_div(F.log_softmax(got.float(), 1), F.log_softmax(wanted.float(), 1), log_target=True,
-                        reduction="batchmean").item()
+    def kl(got: torch.Tensor, wanted: torch.Tensor, temperature: float = 1.0) -> float:
+        t = temperature
+        return F.kl_div(F.log_softmax(got.float() / t, 1), F.log_softmax(wanted.float() / t, 1), log_target=True,
+                        reduction="batchmean").item() * t * t
 
     setup.teacher.eval()
     wanted = judged(setup.teacher)
@@ -163,6 +173,9 @@ def recovered_scores(config, setup, images, covers: list[list[str]], iterations:
             "recovered_kl": round(kl(got["logits"], wanted["logits"]), 5),
             "recovered_blend_mse": round(F.mse_loss(got["blend_features"], wanted["blend_features"]).item(), 5),
             "recovered_blend_kl": round(kl(got["blend_logits"], wanted["blend_logits"]), 5),
+            "recovered_logit_mse": round(F.mse_loss(got["logits"].float(), wanted["logits"].float()).item(), 5),
+            "recovered_kl_t4": round(kl(got["logits"], wanted["logits"], 4.0), 5),
+            "recovered_view_kl": round(kl(got["view_logits"], wanted["view_logits"]), 5),
             "recovered_disagreement": round(disagreement, 4),
         })
     return out

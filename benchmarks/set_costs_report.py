@@ -52,11 +52,12 @@ def section(record: dict) -> list[str]:
 
 def _signals_table(sets: list[dict]) -> list[str]:
     """Every held-back signal of the short recovery beside the held-out top-1 (lower is better)."""
-    header = " | ".join(name for _, name in SIGNALS)
-    lines = [f"| blocks dropped | {header} | held-out top-1 |", "|---|" + "---|" * (len(SIGNALS) + 1)]
+    shown = [(key, name) for key, name in SIGNALS if all(key in s for s in sets)]
+    header = " | ".join(name for _, name in shown)
+    lines = [f"| blocks dropped | {header} | held-out top-1 |", "|---|" + "---|" * (len(shown) + 1)]
     for s in sorted(sets, key=lambda s: -(s.get("holdout") or 0.0)):
         top1 = s.get("holdout")
-        lines.append(f"| {', '.join(s['blocks'])} | " + " | ".join(f"{s[key]:.4f}" for key, _ in SIGNALS)
+        lines.append(f"| {', '.join(s['blocks'])} | " + " | ".join(f"{s[key]:.4f}" for key, _ in shown)
                      + f" | {'—' if top1 is None else f'{top1:.2f}'} |")
     return lines + [""]
 
@@ -64,10 +65,13 @@ def _signals_table(sets: list[dict]) -> list[str]:
 RECOVERED = (("recovered_mse", "after short recovery, feature error on held-back images"),
              ("recovered_stages_mse", "stage-output error there"), ("recovered_kl", "KL of predictions there"),
              ("recovered_blend_mse", "feature error on blends of two held-back images"),
-             ("recovered_blend_kl", "KL there"), ("recovered_disagreement", "disagreement on held-back images"))
+             ("recovered_blend_kl", "KL there"), ("recovered_logit_mse", "logit MSE on held-back images"),
+             ("recovered_kl_t4", "KL at temperature 4"), ("recovered_view_kl", "KL on augmented views"),
+             ("recovered_disagreement", "disagreement on held-back images"))
 SIGNALS = (("recovered_mse", "feature MSE"), ("recovered_stages_mse", "stage MSE"), ("recovered_kl", "KL"),
            ("recovered_blend_mse", "blend feature MSE"), ("recovered_blend_kl", "blend KL"),
-           ("recovered_disagreement", "disagreement"))
+           ("recovered_logit_mse", "logit MSE"), ("recovered_kl_t4", "KL at T=4"),
+           ("recovered_view_kl", "KL on augmented views"), ("recovered_disagreement", "disagreement"))
 """The held-back signals of a short recovery, as their table's columns."""
 """The ``--recovered`` scores, when a probe has them (Spearman only; the raw values are in the JSON)."""
 
