@@ -249,7 +249,7 @@ class TrialsConfig(Settings):
 
     sets: int = Field(0, ge=0, description="Sets of blocks tried by a short recovery before the real one: the "
                       "selection and its cheapest alternatives whose measured cut reaches the target; the set whose "
-                      "predictions come closest to the teacher's on held-back tiny-set images is kept (0 or 1: the "
+                      "features come closest to the teacher's on blends of held-back tiny-set images is kept (0 or 1: the "
                       "selection as it is).")
     iterations: int = Field(500, ge=1, description="Recovery steps of each trial (the recovery's other settings).")
     held_back: float = Field(0.2, gt=0, lt=1, description="Share of the tiny set each trial is judged on and not "
