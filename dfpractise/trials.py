@@ -32,8 +32,8 @@ from .selection import Measure, MeasuredCut, Selection
 
 @dataclass
 class Trial:
-    """One set of blocks tried: its measured cut, and its held-back error when it was recovered
-    (None when its cut fell short of the target, so it was not)."""
+    """One set of blocks tried: its measured cut, and its held-back error once it was recovered
+    (None while it has not been, and for good when its cut fell short of the target)."""
 
     blocks: list[str]
     cut: MeasuredCut
@@ -84,32 +84,35 @@ the second argument names its progress bar."""
 def try_sets(selected: Selection, candidates: list[list[str]], measure: Measure, judge: Judge, goal_percent: float,
              done: list[Trial] | None = None, save: Callable[[list[Trial]], None] = lambda trials: None,
              log: Callable[[str], None] = lambda message: None) -> Trials:
-    """Judge the selection and each candidate whose measured cut reaches ``goal_percent``; keep
-    the least error, the smaller cut on a tie.
+    """Measure every candidate's cut, then judge the selection and each candidate whose cut reaches
+    ``goal_percent``; keep the least error, the smaller cut on a tie. When no other set reaches the
+    goal, the selection is kept without a trial (nothing to compare it with).
 
-    ``done``: trials finished before an interruption, not run again. ``save`` is called with every
-    trial so far after each one.
+    ``done``: trials measured or judged before an interruption, not done again. ``save`` is called
+    with every trial so far once all are measured and after each one judged.
     """
-    trials = list(done or [])
-    finished = {tuple(t.blocks) for t in trials}
-    sets = [selected.dropped] + [c for c in candidates if c != selected.dropped]
-    for number, blocks in enumerate(sets, 1):
-        if tuple(blocks) in finished:
-            continue
-        cut = selected.measured if blocks == selected.dropped else measure(blocks, rounds=2)
-        trial = Trial(list(blocks), cut)
-        percent = 100 * cut.reduction
-        if percent >= goal_percent:
-            log(f"trial {number}/{len(sets)}: {', '.join(blocks)} (cut {percent:.1f}%)")
-            trial.error = float(judge(list(blocks), f"Trying set {number}/{len(sets)}"))
-            log(f"trial {number}/{len(sets)}: held-back error {trial.error:.4f}")
-        else:
-            log(f"trial {number}/{len(sets)}: {', '.join(blocks)} cuts {percent:.1f}% < {goal_percent:.1f}%; "
-                "not tried")
+    known = {tuple(t.blocks): t for t in (done or [])}
+    trials = []
+    for blocks in [selected.dropped] + [c for c in candidates if c != selected.dropped]:
+        trial = known.get(tuple(blocks))
+        if trial is None:
+            trial = Trial(list(blocks), selected.measured if blocks == selected.dropped else measure(blocks, rounds=2))
         trials.append(trial)
+        if 100 * trial.cut.reduction < goal_percent:
+            log(f"{', '.join(blocks)} cuts {100 * trial.cut.reduction:.1f}% < {goal_percent:.1f}%: not tried")
+    save(trials)
+    eligible = [t for t in trials if 100 * t.cut.reduction >= goal_percent]
+    if len(eligible) < 2:
+        log("no other set of blocks reaches the target: the selection is kept untried")
+        return Trials(list(selected.dropped), trials)
+    for number, trial in enumerate(eligible, 1):
+        if trial.error is not None:
+            continue
+        log(f"trial {number}/{len(eligible)}: {', '.join(trial.blocks)} (cut {100 * trial.cut.reduction:.1f}%)")
+        trial.error = float(judge(list(trial.blocks), f"Trying set {number}/{len(eligible)}"))
+        log(f"trial {number}/{len(eligible)}: held-back error {trial.error:.4f}")
         save(trials)
-    judged = [t for t in trials if t.error is not None]
-    best = min(judged, key=lambda t: (t.error, t.cut.reduction))
+    best = min(eligible, key=lambda t: (t.error, t.cut.reduction))
     return Trials(list(best.blocks), trials)
 
 

@@ -38,7 +38,7 @@ def test_the_least_held_back_error_is_kept_and_a_short_cut_is_not_tried():
     # the selection's own cut is not measured again; the others are, with the longer timing
     assert measured == [(("a", "b", "d"), 2), (("b", "c", "d"), 2)]
     assert [j[0] for j in judged] == [("a", "b", "c"), ("a", "b", "d")]  # 29% < 31%: not recovered
-    assert judged[1][1] == "Trying set 2/3"
+    assert judged[1][1] == "Trying set 2/2"
     assert [t.error for t in trials.trials] == [0.40, 0.35, None]
     kept = trials.selection(selected)
     assert kept.dropped == ["a", "b", "d"] and kept.measured.reduction == 0.38
@@ -63,26 +63,36 @@ def test_finished_trials_are_not_run_again_and_each_is_saved_as_it_ends(tmp_path
     errors = {("a", "b"): 0.3, ("a", "c"): 0.2, ("b", "c"): 0.25}
     done, save = partial_record(tmp_path, resume=False)
     assert done == []
-    measure, judge, _, judged = _fakes(cuts, errors)
+    measure, judge, measured, judged = _fakes(cuts, errors)
     saved = []
 
     def save_and_stop(trials):
         save(trials)
-        saved.append(len(trials))
-        if len(trials) == 2:
+        saved.append(sum(t.error is not None for t in trials))
+        if saved[-1] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         try_sets(selected, [["a", "c"], ["b", "c"]], measure, judge, 31.0, save=save_and_stop)
-    assert saved == [1, 2] and len(judged) == 2
+    assert saved == [0, 1, 2] and len(judged) == 2  # every cut first, then each trial as it ends
     assert partial_record(tmp_path, resume=False)[0] == []  # a fresh run does not read an old record
     done, save = partial_record(tmp_path, resume=True)
-    assert [t.blocks for t in done] == [["a", "b"], ["a", "c"]] and done[1].error == 0.2
-    measure, judge, _, judged = _fakes(cuts, errors)
+    assert [t.blocks for t in done] == [["a", "b"], ["a", "c"], ["b", "c"]]
+    assert [t.error for t in done] == [0.3, 0.2, None]
+    measure, judge, measured, judged = _fakes(cuts, errors)
     trials = try_sets(selected, [["a", "c"], ["b", "c"]], measure, judge, 31.0, done=done, save=save)
-    assert [j[0] for j in judged] == [("b", "c")]
+    assert measured == [] and [j[0] for j in judged] == [("b", "c")]  # nothing measured or recovered twice
     assert trials.chosen == ["a", "c"] and len(trials.trials) == 3
     assert Trials.from_json(json.loads(json.dumps(trials.to_json()))) == trials
+
+
+def test_with_no_other_set_at_the_target_the_selection_is_kept_untried():
+    selected = _selection(["a", "b"])
+    measure, judge, measured, judged = _fakes({("a", "c"): 0.25}, {})
+    trials = try_sets(selected, [["a", "c"]], measure, judge, 31.0)
+    assert trials.chosen == ["a", "b"] and judged == [] and len(measured) == 1
+    assert trials.selection(selected).dropped == ["a", "b"]
+    assert try_sets(selected, [], measure, judge, 31.0).chosen == ["a", "b"] and judged == []
 
 
 def test_a_damaged_record_is_one_clear_error(tmp_path):
@@ -153,7 +163,8 @@ def test_a_run_with_trials_drops_the_set_they_kept_and_resumes_after_the_last_fi
     with pytest.raises(KeyboardInterrupt):
         compress(config, out, progress=_recording_progress(("Trying set 2", 2)))
     record = json.loads((out / Trials.PARTIAL).read_text())["trials"]
-    assert len(record) == 1 and record[0]["error"] > 0  # the selection's trial finished before the interruption
+    assert len(record) == 3 and record[0]["error"] > 0  # every cut measured, the selection's trial finished
+    assert [t["error"] for t in record[1:]] == [None, None]
     assert not (out / Trials.FILE).exists()
 
     progress = _recording_progress()
