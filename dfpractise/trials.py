@@ -38,13 +38,19 @@ class Trial:
     blocks: list[str]
     cut: MeasuredCut
     error: float | None = None
+    confirmed: MeasuredCut | None = None
+    """The second measurement of a set about to be kept: it must reach the target too, as a
+    selection's must (the best of several first readings flatters the set it picks)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"blocks": list(self.blocks), "cut": self.cut.to_json(), "error": self.error}
+        return {"blocks": list(self.blocks), "cut": self.cut.to_json(), "error": self.error,
+                "confirmed": self.confirmed.to_json() if self.confirmed is not None else None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Trial":
-        return cls(list(data["blocks"]), MeasuredCut.from_json(data["cut"]), data.get("error"))
+        confirmed = data.get("confirmed")
+        return cls(list(data["blocks"]), MeasuredCut.from_json(data["cut"]), data.get("error"),
+                   MeasuredCut.from_json(confirmed) if confirmed else None)
 
 
 @dataclass
@@ -69,11 +75,12 @@ class Trials:
         trial's reading added to the selection's."""
         kept = next(t for t in self.trials if t.blocks == self.chosen)
         readings = selected.readings + [
-            {"blocks": list(t.blocks), "measured": round(100 * t.cut.reduction, 3), "rounds": 2, "trial_error": t.error}
-            for t in self.trials if t.blocks != selected.dropped]
+            {"blocks": list(t.blocks), "measured": round(100 * cut.reduction, 3), "rounds": 2, "trial_error": t.error}
+            for t in self.trials if t.blocks != selected.dropped
+            for cut in ([t.cut] if t.confirmed is None else [t.cut, t.confirmed])]
         if kept.blocks == selected.dropped:
             return Selection(selected.dropped, selected.measured, selected.predicted, readings)
-        return Selection(list(kept.blocks), kept.cut, None, readings)
+        return Selection(list(kept.blocks), kept.confirmed or kept.cut, None, readings)
 
 
 Judge = Callable[[list[str], str], float]
@@ -85,8 +92,9 @@ def try_sets(selected: Selection, candidates: list[list[str]], measure: Measure,
              done: list[Trial] | None = None, save: Callable[[list[Trial]], None] = lambda trials: None,
              log: Callable[[str], None] = lambda message: None) -> Trials:
     """Measure every candidate's cut, then judge the selection and each candidate whose cut reaches
-    ``goal_percent``; keep the least error, the smaller cut on a tie. When no other set reaches the
-    goal, the selection is kept without a trial (nothing to compare it with).
+    ``goal_percent``; keep the least error, the smaller cut on a tie, once a second measurement
+    confirms its cut (else the next). When no other set reaches the goal, the selection is kept
+    without a trial (nothing to compare it with).
 
     ``done``: trials measured or judged before an interruption, not done again. ``save`` is called
     with every trial so far once all are measured and after each one judged.
@@ -112,7 +120,18 @@ def try_sets(selected: Selection, candidates: list[list[str]], measure: Measure,
         trial.error = float(judge(list(trial.blocks), f"Trying set {number}/{len(eligible)}"))
         log(f"trial {number}/{len(eligible)}: held-back error {trial.error:.4f}")
         save(trials)
-    best = min(eligible, key=lambda t: (t.error, t.cut.reduction))
+    best = trials[0]  # the selection, whose cut its own selection confirmed
+    for candidate in sorted(eligible, key=lambda t: (t.error, t.cut.reduction)):
+        if candidate.blocks == selected.dropped:
+            break
+        if candidate.confirmed is None:
+            candidate.confirmed = measure(candidate.blocks, rounds=2)
+            save(trials)
+        if 100 * candidate.confirmed.reduction >= goal_percent:
+            best = candidate
+            break
+        log(f"{', '.join(candidate.blocks)} measured {100 * candidate.confirmed.reduction:.1f}% < "
+            f"{goal_percent:.1f}% the second time: not kept")
     return Trials(list(best.blocks), trials)
 
 

@@ -36,13 +36,14 @@ def test_the_least_held_back_error_is_kept_and_a_short_cut_is_not_tried():
     trials = try_sets(selected, [["a", "b", "d"], ["b", "c", "d"]], measure, judge, goal_percent=31.0)
     assert trials.chosen == ["a", "b", "d"]
     # the selection's own cut is not measured again; the others are, with the longer timing
-    assert measured == [(("a", "b", "d"), 2), (("b", "c", "d"), 2)]
+    assert measured == [(("a", "b", "d"), 2), (("b", "c", "d"), 2), (("a", "b", "d"), 2)]  # the last confirms
     assert [j[0] for j in judged] == [("a", "b", "c"), ("a", "b", "d")]  # 29% < 31%: not recovered
     assert judged[1][1] == "Trying set 2/2"
     assert [t.error for t in trials.trials] == [0.40, 0.35, None]
     kept = trials.selection(selected)
     assert kept.dropped == ["a", "b", "d"] and kept.measured.reduction == 0.38
-    assert [r["blocks"] for r in kept.readings] == [["a", "b", "c"], ["a", "b", "d"], ["b", "c", "d"]]
+    # the selection's own reading, then each trial's: a+b+d twice (found, then confirmed)
+    assert [r["blocks"] for r in kept.readings] == [["a", "b", "c"], ["a", "b", "d"], ["a", "b", "d"], ["b", "c", "d"]]
 
 
 def test_on_a_tie_the_smaller_cut_wins_and_the_selection_keeps_its_own_record():
@@ -81,7 +82,8 @@ def test_finished_trials_are_not_run_again_and_each_is_saved_as_it_ends(tmp_path
     assert [t.error for t in done] == [0.3, 0.2, None]
     measure, judge, measured, judged = _fakes(cuts, errors)
     trials = try_sets(selected, [["a", "c"], ["b", "c"]], measure, judge, 31.0, done=done, save=save)
-    assert measured == [] and [j[0] for j in judged] == [("b", "c")]  # nothing measured or recovered twice
+    # nothing measured or recovered again; the kept set's cut is confirmed by a second measurement
+    assert measured == [(("a", "c"), 2)] and [j[0] for j in judged] == [("b", "c")]
     assert trials.chosen == ["a", "c"] and len(trials.trials) == 3
     assert Trials.from_json(json.loads(json.dumps(trials.to_json()))) == trials
 
@@ -190,3 +192,22 @@ def test_cli_trials_with_a_drop_count_is_one_line(tmp_path):
                                        "--quiet"])
     assert result.exit_code == 2, result.output
     assert "needs a latency-reduction target" in result.output and result.output.strip().count("\n") == 0
+
+
+def test_a_kept_set_whose_second_measurement_falls_short_gives_way_to_the_next():
+    selected = _selection(["a", "b", "c"])
+    readings = {("a", "d"): [0.32, 0.29], ("b", "d"): [0.33, 0.34]}
+
+    def measure(blocks, rounds=1):
+        cut = readings[tuple(blocks)].pop(0)
+        return MeasuredCut(cut, (cut, cut), list(blocks))
+
+    errors = {("a", "b", "c"): 0.5, ("a", "d"): 0.1, ("b", "d"): 0.2}
+    trials = try_sets(selected, [["a", "d"], ["b", "d"]], measure, lambda blocks, _: errors[tuple(blocks)], 31.0)
+    assert trials.chosen == ["b", "d"]  # a+d read 32% then 29%: not kept
+    kept = trials.selection(selected)
+    assert kept.measured.reduction == 0.34  # the confirming reading
+    assert [r["measured"] for r in kept.readings[1:]] == [32.0, 29.0, 33.0, 34.0]
+    readings.update({("a", "d"): [0.32, 0.29], ("b", "d"): [0.33, 0.30]})
+    assert try_sets(selected, [["a", "d"], ["b", "d"]], measure, lambda blocks, _: errors[tuple(blocks)],
+                    31.0).chosen == ["a", "b", "c"]  # neither confirmed: the selection stays
