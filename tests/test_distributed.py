@@ -185,10 +185,13 @@ def test_two_process_trials_recover_each_set_on_both_ranks_and_keep_rank_0s_choi
     out = tmp_path / "two"
     args = _run_args(assets_dir / "cifar10-jpeg" / "train", out, iterations=2)
     at = args.index("--drop")
-    args[at:at + 2] = ["--latency-reduction", "0.2", "--trials", "3", "--set", "trials.iterations=2"]
+    # a 5% cut with no margin: one block (8-14% of a ResNet-20) reaches it unless the timing reads far low,
+    # so the alternatives are tried and both ranks recover each one
+    args[at:at + 2] = ["--latency-reduction", "0.05", "--set", "latency.target_margin=0", "--trials", "3",
+                       "--set", "trials.iterations=2", "--latency-repeats", "3"]
     _ok([*TWO, *args])
     trials = json.loads((out / "trials.json").read_text())
     report = json.loads((out / "report.json").read_text())
     assert report["dropped"] == trials["chosen"]
     judged = [t for t in trials["trials"] if t["error"] is not None]
-    assert judged and trials["chosen"] in [t["blocks"] for t in judged]
+    assert len(judged) >= 2 and trials["chosen"] in [t["blocks"] for t in judged]
