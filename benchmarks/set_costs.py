@@ -130,20 +130,18 @@ def recovered_scores(config, setup, images, covers: list[list[str]], iterations:
     from dfpractise.augment import train_augmentation
     from dfpractise.progress import Progress
     from dfpractise.recovery import recover
+    from dfpractise.trials import held_back_split
 
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
-    held = order[: max(1, len(images) // 5)]
-    train = order[len(held):]
+    held, train, blends = held_back_split(images, config.trials.held_back, config.seed)
     settings = config.recovery.replace(iterations=iterations)
-    x = setup.normalize(images[held])
-    pair = torch.randperm(len(held), generator=torch.Generator().manual_seed(config.seed + 1))
-    blended = setup.normalize(0.5 * images[held] + 0.5 * images[held][pair])
+    x = setup.normalize(held)
+    blended = setup.normalize(blends)
     adapter = setup.adapter
 
     torch.manual_seed(config.seed)
     augment = train_augmentation(setup.spec.input_size)
     with torch.no_grad():
-        views = setup.normalize(torch.cat([augment(images[held]) for _ in range(4)]))
+        views = setup.normalize(torch.cat([augment(held) for _ in range(4)]))
 
     def judged(model) -> dict:
         with torch.no_grad():
@@ -161,11 +159,11 @@ def recovered_scores(config, setup, images, covers: list[list[str]], iterations:
     out = []
     for cover in covers:
         student = adapter.drop(cover)
-        recover(student, setup.teacher, images[train], settings, train_augmentation(setup.spec.input_size),
+        recover(student, setup.teacher, train, settings, train_augmentation(setup.spec.input_size),
                 setup.normalize, seed=config.seed, adapter=adapter, precision=config.precision,
                 progress=Progress(quiet=True))
         got = judged(student)
-        disagreement = 1 - agreement(setup.teacher, student, images[held], setup.spec.mean, setup.spec.std)
+        disagreement = 1 - agreement(setup.teacher, student, held, setup.spec.mean, setup.spec.std)
         out.append({
             "recovered_mse": round(F.mse_loss(got["stages"][-1], wanted["stages"][-1]).item(), 5),
             "recovered_stages_mse": round(sum(F.mse_loss(g, w).item()

@@ -42,7 +42,8 @@ from .progress import Progress
 from .recoverability import BlockCosts, DropCost, ScoringContext, create_drop_cost
 from .recovery import RECOVERY_METHODS, check_settings, label_free_methods, recover
 from .run_report import build_report
-from .selection import BlockScore, MeasuredCut, Selection, alternatives, check_reachable, select_blocks
+from .selection import (BlockScore, MeasuredCut, Selection, alternatives, check_reachable, cut_goal,
+                        select_blocks)
 from .trials import Trials, held_back_judge, partial_record, try_sets
 from .sources.images import class_indices, label_names
 
@@ -379,7 +380,7 @@ def trial_sets(config: RunConfig, setup: Setup, latency: BlockLatencyProfile, co
     scores = block_scores(setup, latency, costs)
     summed = sum(s.delta_lat for s in scores if s.name in selected.dropped)
     scale = 100.0 * selected.measured.reduction / summed if summed > 0 else 1.0
-    goal = min(100.0 * config.latency_reduction + config.latency.target_margin, latency.all_dropped_cut_percent)
+    goal = cut_goal(config.latency_reduction, config.latency.target_margin, latency.all_dropped_cut_percent)
     candidates = alternatives(scores, selected.dropped, goal / scale, config.trials.sets - 1, config.selection)
     done, save = partial_record(folder.path, resume=folder.resume)
     done = distributed.broadcast_object(done)  # under torchrun every rank recovers each trial; rank 0 decides

@@ -299,6 +299,13 @@ def check_reachable(target: float, all_dropped_cut_percent: float, model_name: s
         )
 
 
+def cut_goal(target: float, margin: float, all_dropped_cut_percent: float) -> float:
+    """What a measured cut (percent) must show to count for a ``target`` (a fraction): ``margin``
+    points above it, so that the verified cut does not fall short through noise alone, but never
+    more than dropping every candidate cuts."""
+    return min(100.0 * target + margin, all_dropped_cut_percent)
+
+
 class _CutModel:
     """What a selection has measured so far, and the additive model corrected by it.
 
@@ -380,7 +387,7 @@ def select_blocks(
         raise ConfigError("give a latency-reduction target or a drop count")
     goal_percent = 100.0 * target
     check_reachable(target, all_dropped_cut_percent, model_name)
-    goal = min(goal_percent + margin, all_dropped_cut_percent)  # what a measurement must show
+    goal = cut_goal(target, margin, all_dropped_cut_percent)
     upper = goal_percent + window if window is not None else None
     model = _CutModel(scores, all_dropped_cut_percent)
     predictions: dict[tuple[str, ...], float] = {}

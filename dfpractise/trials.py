@@ -135,6 +135,17 @@ def try_sets(selected: Selection, candidates: list[list[str]], measure: Measure,
     return Trials(list(best.blocks), trials)
 
 
+def held_back_split(images: torch.Tensor, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The images held back (``share`` of them, drawn with ``seed``), the rest to recover on, and
+    each held-back image blended half and half with another held-back one (paired with ``seed`` + 1).
+    The same for every set a run tries, and for the set-cost benchmark's probe of these trials."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    count = min(len(images) - 1, max(2, round(share * len(images))))
+    held, train = images[order[:count]], images[order[count:]]
+    partner = torch.randperm(count, generator=torch.Generator().manual_seed(seed + 1))
+    return held, train, 0.5 * held + 0.5 * held[partner]
+
+
 def held_back_judge(config: RunConfig, teacher: nn.Module, adapter: ModelAdapter, images: torch.Tensor,
                     augment: Callable[[torch.Tensor], torch.Tensor],
                     normalize: Callable[[torch.Tensor], torch.Tensor], progress: Progress) -> Judge:
@@ -148,14 +159,10 @@ def held_back_judge(config: RunConfig, teacher: nn.Module, adapter: ModelAdapter
     two images is where the teacher hesitates, as it does on real ones; of the eight signals measured
     (``benchmarks/NOTES.md``, "Reading the trials") the features there ranked the ResNet-20s' sets best.
     """
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(images), generator=generator)
-    count = min(len(images) - 1, max(2, round(config.trials.held_back * len(images))))
-    held, train = images[order[:count]], images[order[count:]]
-    partner = torch.randperm(count, generator=torch.Generator().manual_seed(config.seed + 1))
+    held, train, blends = held_back_split(images, config.trials.held_back, config.seed)
     settings = config.recovery.replace(iterations=config.trials.iterations, checkpoint_every=0)
     device = torch.device(config.device)
-    x = normalize((0.5 * held + 0.5 * held[partner]).to(device))
+    x = normalize(blends.to(device))
     teacher.eval()
     with torch.no_grad():
         wanted = adapter.features(teacher, x).float()
