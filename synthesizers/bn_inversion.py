@@ -24,7 +24,10 @@ from torch import nn
 from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
 from .bn_stats import batchnorm_layers, bn_statistics
 from .errors import ConfigError, SynthesisError
-from .inversion import InversionLoss, check_non_negative, check_positive, frozen, jitter_and_flip, number
+from .inversion import (
+    InversionLoss, autocast, channels_last, check_non_negative, check_positive, check_precision, frozen,
+    jitter_and_flip, number,
+)
 
 
 @register_synthesizer("bn-inversion")
@@ -52,6 +55,7 @@ class BNInversion(Synthesizer):
         jitter: int = 2,
         flip: bool = True,
         warm_start: float = 0.5,
+        precision: str = "fp32",
         device: str = "cpu",
     ):
         check_positive(steps=steps, lr=lr, batch_size=batch_size, competition_temperature=competition_temperature)
@@ -66,6 +70,7 @@ class BNInversion(Synthesizer):
                 f"{type(teacher).__name__} has no BatchNorm layers with running statistics, so BN-statistics "
                 "inversion has nothing to match; use the 'diffusion' or 'ood' source instead"
             )
+        check_precision(precision)
         if competition_weight > 0 and student is None:
             raise ConfigError("competition_weight > 0 (Adaptive DeepInversion) needs a student model")
         self.device = torch.device(device)
@@ -86,6 +91,7 @@ class BNInversion(Synthesizer):
         self.jitter = jitter
         self.flip = flip
         self.warm_start = warm_start
+        self.precision = precision
         self.loss = InversionLoss(self.teacher, self.mean, self.std, self.weights, first_bn_multiplier, self.student,
                                   competition_temperature)
 
@@ -104,6 +110,7 @@ class BNInversion(Synthesizer):
             "jitter": self.jitter,
             "flip": self.flip,
             "warm_start": self.warm_start,
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
             "device": self.device.type,
         }
 
@@ -118,17 +125,21 @@ class BNInversion(Synthesizer):
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)  # kornia draws its jitter and flips from the global generator
             stack.enter_context(frozen(self.teacher, self.student))
+            last = stack.enter_context(channels_last(self.teacher, self.device))
+            if self.student is not None:
+                stack.enter_context(channels_last(self.student, self.device))
             stats = stack.enter_context(bn_statistics(self.teacher))
             phases = [(warm_steps, size), (self.steps - warm_steps, image_size)] if warm_steps else [(self.steps, size)]
             step = 0
             for phase_steps, phase_size in phases:
                 if pixels.shape[-1] != phase_size:
                     pixels = F.interpolate(pixels, size=(phase_size, phase_size), mode="bilinear", align_corners=False)
-                pixels, losses, step = self._optimise(pixels, labels, phase_steps, stats, report, step)
+                pixels, losses, step = self._optimise(pixels, labels, phase_steps, stats, report, step, last)
         return BatchResult(pixels.detach(), {k: round(v, 5) for k, v in losses.items()})
 
-    def _optimise(self, pixels, labels, steps, stats, report, step):
-        """Adam on the pixels for ``steps`` steps at their current size, cosine learning rate."""
+    def _optimise(self, pixels, labels, steps, stats, report, step, last):
+        """Adam on the pixels for ``steps`` steps at their current size, cosine learning rate;
+        ``last``: show the teacher channels-last copies (its layout while inverting on CPU)."""
         pixels = pixels.detach().clone().requires_grad_(True)
         optimiser = torch.optim.Adam([pixels], lr=self.lr, betas=(0.5, 0.9), eps=1e-8)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
@@ -137,7 +148,11 @@ class BNInversion(Synthesizer):
         for _ in range(steps):
             step += 1
             optimiser.zero_grad(set_to_none=True)
-            loss, losses = self.loss(augment(pixels), labels, stats)
+            seen = augment(pixels)
+            if last:
+                seen = seen.contiguous(memory_format=torch.channels_last)
+            with autocast(self.precision, self.device):
+                loss, losses = self.loss(seen, labels, stats)
             if not math.isfinite(losses["loss"]):
                 raise SynthesisError(
                     f"BN-inversion loss became {losses['loss']} at step {step} of {self.steps} "

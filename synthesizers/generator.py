@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from typing import Any, Sequence
 
 import torch
@@ -50,9 +50,9 @@ from torch import nn
 from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
 from .bn_stats import batchnorm_layers, bn_statistics
 from .errors import ConfigError, SynthesisError
-from .inversion import InversionLoss, check_non_negative, check_positive, frozen, jitter_and_flip, number
-
-PRECISIONS = ("fp32", "bf16")
+from .inversion import (
+    InversionLoss, autocast, check_non_negative, check_positive, check_precision, frozen, jitter_and_flip, number,
+)
 
 
 class ImageGenerator(nn.Module):
@@ -150,8 +150,7 @@ class GeneratorSynthesizer(Synthesizer):
             raise ConfigError(f"conditional must be true or false, got {conditional!r}")
         if not isinstance(flip, bool):
             raise ConfigError(f"flip must be true or false, got {flip!r}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         if not batchnorm_layers(teacher):
             raise ConfigError(
                 f"{type(teacher).__name__} has no BatchNorm layers with running statistics, so the generator "
@@ -300,6 +299,4 @@ class GeneratorSynthesizer(Synthesizer):
         return generator, z.detach(), losses
 
     def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.precision, self.device)

@@ -142,13 +142,14 @@ class SmallBNNet(conftest.SmallBNNet):
         return out
 
 
-def test_bn_inversion_matches_statistics_and_classes(assets_dir):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bn_inversion_matches_statistics_and_classes(assets_dir, precision):
     from dfpractise.models import create_model
 
     teacher = create_model("cifar10_resnet20", weights="cifar10jpeg-resnet20").eval()
     cfg = teacher.model_spec
     labels = torch.arange(10)
-    synth = BNInversion(teacher, cfg.mean, cfg.std, steps=40, batch_size=10)
+    synth = BNInversion(teacher, cfg.mean, cfg.std, steps=40, batch_size=10, precision=precision)
     calls = []
     result = synth.generate(labels, 32, seed=0, report=lambda **f: calls.append(f))
     assert len(calls) == 40 and {"loss", "ce", "bn"} <= set(calls[0])
@@ -186,9 +187,35 @@ def test_bn_inversion_warm_start_runs_at_half_size_first():
 def test_bn_inversion_leaves_the_teacher_as_it_was():
     teacher = SmallBNNet()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    layouts = []
+    teacher.features[0].register_forward_pre_hook(
+        lambda m, x: layouts.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
     BNInversion(teacher, steps=3).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
+    assert layouts == [True] * 3  # channels-last while inverting on CPU (oneDNN's fast layout)...
+    assert all(p.is_contiguous() for p in teacher.parameters())  # ...and the usual layout back after
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert all(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_bf16_inversion_keys_its_own_cache_and_the_fp32_key_is_unchanged():
+    teacher = SmallBNNet()
+    plain, half = BNInversion(teacher).settings(), BNInversion(teacher, precision="bf16").settings()
+    assert "precision" not in plain  # caches made before the setting existed are still read
+    assert half.pop("precision") == "bf16" and half == plain
+
+
+def test_bn_statistics_of_a_bf16_forward_are_float32_and_close_to_fp32():
+    torch.manual_seed(0)
+    teacher = SmallBNNet().eval()
+    x = torch.rand(8, 3, 16, 16)
+    with bn_statistics(teacher) as stats:
+        teacher(x)
+        exact = stats.pop()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            teacher(x)
+        half = stats.pop()
+    assert all(d.dtype == torch.float32 for d in half)
+    assert all(torch.isclose(h, e, rtol=0.05) for h, e in zip(half, exact))
 
 
 def test_adaptive_deepinversion_term_needs_and_uses_a_student():
@@ -226,7 +253,8 @@ def test_teacher_without_batchnorm_is_refused():
         BNInversion(plain)
 
 
-@pytest.mark.parametrize("option, value", [("steps", 0), ("lr", -1.0), ("tv_weight", -0.1), ("warm_start", 1.0)])
+@pytest.mark.parametrize("option, value", [("steps", 0), ("lr", -1.0), ("tv_weight", -0.1), ("warm_start", 1.0),
+                                           ("precision", "fp16")])
 def test_bad_settings_are_config_errors(option, value):
     with pytest.raises(ConfigError, match=option):
         BNInversion(SmallBNNet(), **{option: value})
