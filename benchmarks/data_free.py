@@ -22,7 +22,10 @@ drawn set. Accuracy is on cifar10-jpeg/val (5,000 images).
 
 ``--trials N`` lets every run try N sets of blocks briefly before recovering (``trials.sets``);
 ``--images-from LABEL`` recovers from another run's images, so two selections can be compared on
-the same images without synthesising them again.
+the same images without synthesising them again. ``--synthesis KEY=VALUE ...`` changes the
+synthesizer's settings (``data.synthesis``), e.g. a faster inversion measured downstream:
+
+    python -m benchmarks.data_free --sets synthetic --synthesis precision=bf16 steps=100 --label bf16-s100
     python -m benchmarks.write_benchmarks
 
 Results are saved after each run; an interrupted benchmark continues where it stopped.
@@ -36,6 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks import engine_grid
+from benchmarks.recovery_settings import parse_variant
 from dfpractise.engine import compress
 from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
@@ -71,6 +75,8 @@ def main() -> None:
     parser.add_argument("--images-from", metavar="LABEL",
                         help="recover from the images a run labelled LABEL made (same teacher, set and seed) "
                              "instead of synthesising afresh; its synthesis time is not this run's")
+    parser.add_argument("--synthesis", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="synthesizer settings over the recipe's (data.synthesis), e.g. precision=bf16 steps=100")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--quality", action="store_true",
                         help="run nothing: measure what the teacher sees in each finished run's tiny set")
@@ -78,6 +84,7 @@ def main() -> None:
     if args.quality:
         return measure_set_quality(args.results, args.runs_dir)
 
+    synthesis = parse_variant(":" + ",".join(args.synthesis))[1]
     engine_grid.CODE_VERSION = engine_grid.commit()
     results = engine_grid.load_results(args.results)
     for teacher in args.teachers:
@@ -100,6 +107,8 @@ def main() -> None:
                          "data": {**data, **({"cache_dir": str(cache)} if name != "real500" else {})},
                          **({"trials": {"sets": args.trials}} if args.trials else {})}
             config = resolve_config(ROOT / "recipes" / recipe, overrides)
+            if synthesis and name != "real500":
+                config.data.synthesis = {**config.data.synthesis, **synthesis}
             print(f"run {key}", flush=True)
             start = time.perf_counter()
             result = compress(config, out, progress=Progress(quiet=args.quiet), overwrite=True)
@@ -108,6 +117,7 @@ def main() -> None:
             results["runs"][key] = {
                 "teacher": teacher, "set": name, "seed": args.seed, "label": args.label, "recipe": recipe,
                 "trials": args.trials, "images_from": args.images_from,
+                **({"synthesis_changes": synthesis} if synthesis and name != "real500" else {}),
                 "num_images": report["num_images"],
                 "tiny_set": tiny, "precision": report["recovery"].get("precision"),
                 **engine_grid.summarise(report, time.perf_counter() - start),

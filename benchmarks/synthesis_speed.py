@@ -1,4 +1,4 @@
-"""Synthesis speed and quality of BN-statistics inversion (issue: data-free sources).
+"""Synthesis speed and quality of BN-statistics inversion (issue: data-free sources; data-free on any teacher).
 
 Makes 512 images at 32x32 for cifar10jpeg-resnet56 with the settings of
 recipes/resnet56-synthetic512.yaml, from an empty folder, and records the wall time, the
@@ -6,7 +6,15 @@ teacher's agreement with the intended classes and the BN-statistics distance. Fo
 measures the same distance for 512 real CIFAR-10 training images and for 512 noise images (at the
 same batch size), since the number means little on its own.
 
+``--variants LABEL:key=value,...`` makes the set once per variant in the same invocation, with
+synthesizer settings over the recipe's (``bn-inversion-512:`` is the recipe itself), so their times
+compare as ratios measured in one run (each row's ``speedup`` is the first variant's time over its
+own). Whether a faster variant's images are as good downstream is for ``benchmarks.data_free
+--synthesis``.
+
     python -m benchmarks.synthesis_speed
+    python -m benchmarks.synthesis_speed --variants fp32-200: bf16-200:precision=bf16 \\
+        bf16-100:precision=bf16,steps=100
     python -m benchmarks.write_benchmarks
 
 Run it on a quiet machine: anything else using the cores slows synthesis down.
@@ -22,6 +30,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import engine_grid
+from benchmarks.recovery_settings import parse_variant
 from dfpractise.engine import load_teacher
 from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
@@ -37,53 +46,70 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "synthesis.json")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-synthesis")
+    parser.add_argument("--variants", nargs="+", default=["bn-inversion-512:"], metavar="LABEL:KEY=VALUE,...",
+                        help="synthesizer settings over the recipe's, one set per variant, timed in this run")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    variants = [parse_variant(text) for text in args.variants]
 
     engine_grid.CODE_VERSION = engine_grid.commit()
     config = resolve_config(RECIPE, {})
-    options = dict(config.data.synthesis)
-    shutil.rmtree(args.out, ignore_errors=True)
-    start = time.perf_counter()
-    made = synthesize_for_model(
-        "bn-inversion", config.model, config.weights, config.data.num_images, args.out, seed=config.seed,
-        options=options, progress=Progress(quiet=args.quiet),
-    )
-    seconds = time.perf_counter() - start
     teacher, _, _ = load_teacher(config.model, config.weights)
     cfg = teacher.model_spec
-    batch = options.get("batch_size", 256)
+    reference = references(config, teacher)
+    results = engine_grid.load_results(args.results)
+    first = None
+    for label, changes in variants:
+        options = {**config.data.synthesis, **changes}
+        folder = args.out / label
+        shutil.rmtree(folder, ignore_errors=True)
+        start = time.perf_counter()
+        made = synthesize_for_model(
+            "bn-inversion", config.model, config.weights, config.data.num_images, folder, seed=config.seed,
+            options=options, progress=Progress(quiet=args.quiet),
+        )
+        seconds = time.perf_counter() - start
+        first = first or (label, made.report["synthesis_seconds"])
+        results["runs"][label] = {
+            "recipe": RECIPE.name,
+            "changes": changes,
+            "num_images": config.data.num_images,
+            "settings": made.report["settings"],
+            "seconds": round(seconds, 1),
+            "synthesis_seconds": made.report["synthesis_seconds"],
+            "baseline": first[0],
+            "speedup": round(first[1] / made.report["synthesis_seconds"], 2),
+            "agreement": made.report["agreement"],
+            "teacher_confidence": made.report["teacher_confidence"],
+            "bn_distance": made.report["bn_distance"],
+            "real_bn_distance": reference["real"]["bn_distance"],
+            "real_agreement": reference["real"]["agreement"],
+            "noise_bn_distance": reference["noise"]["bn_distance"],
+            "image_size": cfg.input_size,
+            "date": engine_grid.dt.date.today().isoformat(),
+            "machine": engine_grid.machine(),
+            "commit": engine_grid.CODE_VERSION,
+        }
+        engine_grid.save_results(results, args.results)
+        row = results["runs"][label]
+        print(f"{label}: 512 images in {row['synthesis_seconds']:.0f} s ({row['speedup']:.2f}x {first[0]}), "
+              f"agreement {100 * row['agreement']:.1f}%, BN distance {row['bn_distance']:.1f} (real "
+              f"{row['real_bn_distance']:.1f}, noise {row['noise_bn_distance']:.1f})", flush=True)
+
+
+def references(config, teacher) -> dict[str, dict]:
+    """The quality report of 512 real training images and of 512 noise images: the scale of the numbers."""
+    cfg = teacher.model_spec
+    batch = config.data.synthesis.get("batch_size", 256)
     real = create_source("real", root=str(Path(config.data.eval_path).parent / "train")).load(  # train, not val
         config.data.num_images, cfg.input_size, config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     noise = (torch.randn(config.data.num_images, 3, cfg.input_size, cfg.input_size, generator=generator)
              * torch.tensor(cfg.std).view(1, 3, 1, 1) + torch.tensor(cfg.mean).view(1, 3, 1, 1)).clamp(0, 1)
-    reference = {
+    return {
         name: quality_report(teacher, tiny_images, labels, cfg.mean, cfg.std, batch_size=batch)
         for name, tiny_images, labels in [("real", real.images, real.labels), ("noise", noise, None)]
     }
-    results = engine_grid.load_results(args.results)
-    results["runs"]["bn-inversion-512"] = {
-        "recipe": RECIPE.name,
-        "num_images": config.data.num_images,
-        "settings": made.report["settings"],
-        "seconds": round(seconds, 1),
-        "synthesis_seconds": made.report["synthesis_seconds"],
-        "agreement": made.report["agreement"],
-        "teacher_confidence": made.report["teacher_confidence"],
-        "bn_distance": made.report["bn_distance"],
-        "real_bn_distance": reference["real"]["bn_distance"],
-        "real_agreement": reference["real"]["agreement"],
-        "noise_bn_distance": reference["noise"]["bn_distance"],
-        "date": engine_grid.dt.date.today().isoformat(),
-        "machine": engine_grid.machine(),
-        "commit": engine_grid.CODE_VERSION,
-    }
-    engine_grid.save_results(results, args.results)
-    row = results["runs"]["bn-inversion-512"]
-    print(f"512 images in {row['synthesis_seconds']:.0f} s, agreement {100 * row['agreement']:.1f}%, "
-          f"BN distance {row['bn_distance']:.1f} (real {row['real_bn_distance']:.1f}, noise "
-          f"{row['noise_bn_distance']:.1f})", flush=True)
 
 
 if __name__ == "__main__":

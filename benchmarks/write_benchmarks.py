@@ -210,21 +210,24 @@ def synthesis_section(runs: dict) -> list[str]:
     lines = [
         "## Synthesis speed (BN-statistics inversion, ResNet-56, 512 images at 32x32)",
         "",
-        "Command: `python -m benchmarks.synthesis_speed`, then `python -m benchmarks.write_benchmarks`. "
+        "Command: `python -m benchmarks.synthesis_speed` (with `--variants`: each set made in the same run, "
+        "timed against the run's first), then `python -m benchmarks.write_benchmarks`. "
         "Raw results: `benchmarks/results/synthesis.json`. The BN-statistics distance is the sum over the "
         "teacher's BatchNorm layers of ||batch mean - running mean|| + ||batch variance - running variance|| "
         "(unweighted), averaged over batches of the synthesis batch size; "
         "512 real CIFAR-10 training images and 512 Gaussian-noise images give its scale.",
         "",
-        "| set | settings | wall time (s) | teacher agrees with intended class | BN-statistics distance | real images: distance / teacher top-1 | noise: distance | date | machine | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| set | settings | wall time (s) | speed-up (same run) | teacher agrees with intended class | BN-statistics distance | real images: distance / teacher top-1 | noise: distance | date | machine | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, run in sorted(runs.items()):
+    for key, run in sorted(runs.items(), key=lambda item: (item[1]["date"], item[1]["commit"], item[0])):
         settings = run["settings"]
         described = (f"{settings['steps']} steps (warm start {settings['warm_start']}), batch {settings['batch_size']}, "
-                     f"lr {settings['lr']}")
+                     f"lr {settings['lr']}, {settings.get('precision', 'fp32')}")
+        speedup = (f"{run['speedup']:.2f}x {run['baseline']}" if run.get("baseline") and run["baseline"] != key
+                   else "—")
         lines.append(
-            f"| {key} | {described} | {run['synthesis_seconds']:.0f} | {100 * run['agreement']:.1f}% | "
+            f"| {key} | {described} | {run['synthesis_seconds']:.0f} | {speedup} | {100 * run['agreement']:.1f}% | "
             f"{run['bn_distance']:.1f} | {run['real_bn_distance']:.1f} / {100 * run['real_agreement']:.1f}% | "
             f"{run['noise_bn_distance']:.1f} | {run['date']} | {run['machine']} | `{run['commit']}` |"
         )

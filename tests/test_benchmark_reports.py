@@ -489,3 +489,22 @@ def test_the_set_cost_section_ranks_each_cost_beside_the_recovered_top1():
     text = "\n".join(set_costs_report.section({"probes": {"x/stages": probe}}))
     assert "KL on augmented views" not in text.split("| blocks dropped | feature MSE")[1].splitlines()[0]
     assert "| a.1, a.2 | " + "0.2000 | " * (columns - 1) + "92.00 |" in text
+
+
+def test_the_synthesis_section_gives_each_variant_its_speed_up_over_the_first_of_its_run():
+    from benchmarks.write_benchmarks import synthesis_section
+
+    def row(steps, precision, seconds, baseline):
+        settings = {"steps": steps, "warm_start": 0.5, "batch_size": 256, "lr": 0.1,
+                    **({"precision": precision} if precision != "fp32" else {})}
+        return {"settings": settings, "synthesis_seconds": seconds, "baseline": baseline,
+                "speedup": round(300.0 / seconds, 2), "agreement": 0.99, "bn_distance": 40.0,
+                "real_bn_distance": 141.6, "real_agreement": 0.977, "noise_bn_distance": 786.7,
+                "date": "2026-12-06", "machine": "m", "commit": "abc1234"}
+
+    runs = {"fp32-200": row(200, "fp32", 300.0, "fp32-200"), "bf16-100": row(100, "bf16", 120.0, "fp32-200")}
+    lines = {line.split(" | ")[0]: line for line in synthesis_section(runs) if line.startswith("| fp32") or
+             line.startswith("| bf16")}
+    assert "| 2.50x fp32-200 |" in lines["| bf16-100"] and "100 steps (warm start 0.5), batch 256, lr 0.1, bf16" in \
+        lines["| bf16-100"]
+    assert "| — |" in lines["| fp32-200"] and ", fp32 |" in lines["| fp32-200"]  # the baseline has no ratio of its own
