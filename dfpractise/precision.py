@@ -14,15 +14,7 @@ from typing import Iterator
 
 import torch
 
-
-def native_bf16(device: str | torch.device) -> bool:
-    """Whether ``device`` computes bf16 convolutions and matrix products natively (fast)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
+from synthesizers.precision import native_bf16  # one answer for both packages
 
 
 def resolve(precision: str, device: str | torch.device) -> torch.dtype | None:

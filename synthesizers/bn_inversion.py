@@ -9,6 +9,8 @@ do not overfit one pixel alignment. Options from the paper: a multi-resolution w
 first steps at half size, which is cheap, then upsampled) and Adaptive DeepInversion's
 competition term, which rewards images on which a given student disagrees with the teacher (their
 predictions softened at ``competition_temperature``, 3 as in the authors' CIFAR-10 code).
+``precision`` "bf16" (or "auto", bf16 where the hardware has it) runs the teacher under bf16
+autocast; on CPU the teacher is channels-last while inverting, the layout oneDNN is fastest in.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, reg
 from .bn_stats import batchnorm_layers, bn_statistics
 from .errors import ConfigError, SynthesisError
 from .inversion import (
-    InversionLoss, autocast, channels_last, check_non_negative, check_positive, check_precision, frozen,
-    jitter_and_flip, number,
+    InversionLoss, channels_last, check_non_negative, check_positive, frozen, jitter_and_flip, number,
 )
+from .precision import autocast, resolve_precision
 
 
 @register_synthesizer("bn-inversion")
 class BNInversion(Synthesizer):
-    """DeepInversion of ``teacher``; ``student`` turns on the Adaptive-DeepInversion term."""
+    """DeepInversion of ``teacher``; ``student`` turns on the Adaptive-DeepInversion term.
+
+    Settings recorded in the cache key are those that change the images; ``precision`` is recorded
+    as resolved (fp32 not at all, so caches made before the setting existed are still read).
+    """
 
     def __init__(
         self,
@@ -70,7 +76,6 @@ class BNInversion(Synthesizer):
                 f"{type(teacher).__name__} has no BatchNorm layers with running statistics, so BN-statistics "
                 "inversion has nothing to match; use the 'diffusion' or 'ood' source instead"
             )
-        check_precision(precision)
         if competition_weight > 0 and student is None:
             raise ConfigError("competition_weight > 0 (Adaptive DeepInversion) needs a student model")
         self.device = torch.device(device)
@@ -91,7 +96,7 @@ class BNInversion(Synthesizer):
         self.jitter = jitter
         self.flip = flip
         self.warm_start = warm_start
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         self.loss = InversionLoss(self.teacher, self.mean, self.std, self.weights, first_bn_multiplier, self.student,
                                   competition_temperature)
 

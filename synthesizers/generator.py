@@ -50,9 +50,8 @@ from torch import nn
 from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
 from .bn_stats import batchnorm_layers, bn_statistics
 from .errors import ConfigError, SynthesisError
-from .inversion import (
-    InversionLoss, autocast, check_non_negative, check_positive, check_precision, frozen, jitter_and_flip, number,
-)
+from .inversion import InversionLoss, check_non_negative, check_positive, frozen, jitter_and_flip, number
+from .precision import autocast, resolve_precision
 
 
 class ImageGenerator(nn.Module):
@@ -98,7 +97,7 @@ class GeneratorSynthesizer(Synthesizer):
     ``meta_lr`` of the way each time; ``generator_seed`` seeds the warm-up; ``latent_dim`` and
     ``width`` size the generator; ``conditional`` adds a class embedding to z; the loss weights,
     ``first_bn_multiplier``, ``jitter`` and ``flip`` are those of ``bn-inversion``;
-    ``precision`` "bf16" runs the forward passes under CPU/GPU bfloat16 autocast.
+    ``precision`` "bf16" runs the forward passes under CPU/GPU bfloat16 autocast ("auto": where native).
 
     The defaults are sized for 32x32 CIFAR teachers on two CPU cores (an informal measurement on
     ResNet-56, one busy core: warm-up 68 s, then 4.9 s per batch of 64, 100% agreement; bf16 took
@@ -150,7 +149,6 @@ class GeneratorSynthesizer(Synthesizer):
             raise ConfigError(f"conditional must be true or false, got {conditional!r}")
         if not isinstance(flip, bool):
             raise ConfigError(f"flip must be true or false, got {flip!r}")
-        check_precision(precision)
         if not batchnorm_layers(teacher):
             raise ConfigError(
                 f"{type(teacher).__name__} has no BatchNorm layers with running statistics, so the generator "
@@ -180,7 +178,7 @@ class GeneratorSynthesizer(Synthesizer):
         self.loss = InversionLoss(self.teacher, self.mean, self.std, self.weights, first_bn_multiplier)
         self.jitter = jitter
         self.flip = flip
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         self._shared: dict[int, ImageGenerator] = {}  # the meta-learned generator, per image size
         self._num_classes: int | None = None
 

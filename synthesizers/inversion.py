@@ -10,7 +10,7 @@ show the teacher a jittered, flipped copy each step. One implementation, so the 
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import kornia.augmentation as K
@@ -78,24 +78,6 @@ def jitter_and_flip(size: int, jitter: int, flip: bool) -> nn.Module:
     if flip:
         layers.append(K.RandomHorizontalFlip())
     return nn.Sequential(*layers)
-
-
-PRECISIONS = ("fp32", "bf16")
-"""Of the teacher's forward passes while inverting it: bf16 runs the convolutions at about twice the
-speed on hardware that has it (AVX-512 BF16, AMX, recent GPUs); the loss terms stay float32."""
-
-
-def check_precision(precision: Any) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
-
-
-def autocast(precision: str, device: torch.device) -> AbstractContextManager:
-    """bf16 autocast of the forward passes for ``precision`` "bf16", nothing for "fp32"."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @contextmanager

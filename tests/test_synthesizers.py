@@ -204,6 +204,17 @@ def test_bf16_inversion_keys_its_own_cache_and_the_fp32_key_is_unchanged():
     assert half.pop("precision") == "bf16" and half == plain
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch, native):
+    import synthesizers.precision
+
+    monkeypatch.setattr(synthesizers.precision, "native_bf16", lambda device: native)
+    expected = "bf16" if native else "fp32"
+    assert BNInversion(SmallBNNet(), precision="auto").precision == expected
+    assert BNInversion(SmallBNNet(), precision="auto").settings().get("precision", "fp32") == expected
+    assert create_synthesizer("generator", teacher=SmallBNNet(), precision="auto").settings()["precision"] == expected
+
+
 def test_bn_statistics_of_a_bf16_forward_are_float32_and_close_to_fp32():
     torch.manual_seed(0)
     teacher = SmallBNNet().eval()
