@@ -35,7 +35,9 @@ def section(record: dict) -> list[str]:
         "of 256 of the summed distances between the batch's BatchNorm statistics and the teacher's running ones "
         "(for photos beside synthetic images: of the synthetic images). A run made with `--images-from LABEL` "
         "recovered from the images of that label's run (no synthesis of its own: its synthesis time reads "
-        "'reused'); `--trials N` runs tried N sets of blocks briefly before recovering (`trials.sets`).",
+        "'reused'); `--trials N` runs tried N sets of blocks briefly before recovering (`trials.sets`); a run "
+        "made with `--synthesis KEY=VALUE` made its images with those synthesizer settings (in brackets after "
+        "its label).",
         "",
         f"Machine: {any_run['machine']}. Dates: {', '.join(dates)}. Commits: {', '.join(f'`{c}`' for c in commits)}.",
         "Command: `python -m benchmarks.data_free`, then `python -m benchmarks.write_benchmarks`. Raw results: "
@@ -58,7 +60,8 @@ def section(record: dict) -> list[str]:
         tiny = run.get("tiny_set") or {}
         agreement = tiny.get("agreement")
         lines.append(
-            f"| {run['teacher']} | {SET_NAMES.get(run['set'], run['set'])} | {version(run)} `{run['commit']}` | "
+            f"| {run['teacher']} | {SET_NAMES.get(run['set'], run['set'])} | {version(run)} `{run['commit']}`"
+            f"{_changes(run)} | "
             f"{run['teacher_top1']:.2f} | {run['pruned_top1']:.2f} | {run['drop_top1']:.2f} | "
             f"{100 * run['reduction']:.1f}% | {_synthesis(run)} | "
             f"{_number(100 * agreement, 1) + '%' if agreement is not None else '-'} | "
@@ -87,6 +90,12 @@ def section(record: dict) -> list[str]:
                      else "-" for v in ["before", *labels]]
             lines.append(f"| {teacher} | {SET_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _changes(run: dict) -> str:
+    """`` (precision=bf16, steps=100)`` for a run whose synthesizer settings were changed, else nothing."""
+    changes = run.get("synthesis_changes") or {}
+    return f" ({', '.join(f'{k}={v}' for k, v in changes.items())})" if changes else ""
 
 
 def _synthesis(run: dict) -> str:

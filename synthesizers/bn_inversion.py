@@ -61,7 +61,7 @@ class BNInversion(Synthesizer):
         jitter: int = 2,
         flip: bool = True,
         warm_start: float = 0.5,
-        precision: str = "fp32",
+        precision: str = "auto",
         device: str = "cpu",
     ):
         check_positive(steps=steps, lr=lr, batch_size=batch_size, competition_temperature=competition_temperature)

@@ -274,6 +274,12 @@ def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis
     assert "| 31.0% | reused (after) | 100.0% |" in text
     assert "r56 (trials)" not in text and "r56 (before) 4.0x." in text
     assert "| r56 | 512 BN-inversion images | 1.36 (31.0%) | 0.86 (31.0%) | 0.46 (31.0%) |" in text
+    # a run with other synthesizer settings says which, beside its label
+    record["runs"]["r56-synthetic-fast"] = {**run("r56", "synthetic", 88.7, 100.0, 1.0), "label": "fast",
+                                            "synthesis_changes": {"precision": "bf16", "steps": 100}}
+    text = "\n".join(data_free_report.section(record))
+    assert "| r56 | 512 BN-inversion images | fast `abc1234` (precision=bf16, steps=100) | 89.36 | 88.70 |" in text
+    assert "| after `def5678` | 89.36 |" in text  # the others do not
 
 
 def test_the_data_free_section_sets_what_the_teacher_sees_beside_each_drop():
