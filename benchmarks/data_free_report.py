@@ -50,7 +50,9 @@ def section(record: dict) -> list[str]:
     order = list(SET_NAMES)
 
     def version(run: dict) -> str:
-        return run.get("label") or "before"
+        """The run's label, with its seed where that is not 1 and the label does not already say it."""
+        label, seed = run.get("label") or "before", run.get("seed", 1)
+        return label if seed == 1 or label.endswith(f"-s{seed}") else f"{label}, seed {seed}"
 
     def set_rank(name: str) -> int:
         return order.index(name) if name in order else len(order)

@@ -280,6 +280,13 @@ def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis
     text = "\n".join(data_free_report.section(record))
     assert "| r56 | 512 BN-inversion images | fast `abc1234` (precision=bf16, steps=100) | 89.36 | 88.70 |" in text
     assert "| after `def5678` | 89.36 |" in text  # the others do not
+    # a second seed under the same label is its own column, not the first seed's row overwritten
+    record["runs"]["r56-synthetic-s2-fast"] = {**record["runs"]["r56-synthetic-fast"], "seed": 2, "pruned_top1": 88.0,
+                                               "drop_top1": 1.36}
+    text = "\n".join(data_free_report.section(record))
+    assert "| fast, seed 2 `abc1234` (precision=bf16, steps=100) | 89.36 | 88.00 |" in text
+    header = next(line for line in text.splitlines() if line.startswith("| teacher | tiny set | before |"))
+    assert "| fast | fast, seed 2 |" in header
 
 
 def test_the_data_free_section_sets_what_the_teacher_sees_beside_each_drop():
