@@ -83,9 +83,14 @@ def jitter_and_flip(size: int, jitter: int, flip: bool) -> nn.Module:
 @contextmanager
 def channels_last(model: nn.Module, device: torch.device) -> Iterator[bool]:
     """``model`` in channels-last memory order while the block runs, on CPU (oneDNN's fast layout
-    for convolutions), restored after; yields whether inputs should be converted too."""
+    for convolutions), given back contiguous after unless it came channels-last; yields whether
+    inputs should be converted too."""
     if device.type != "cpu":
         yield False
+        return
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    if weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights):
+        yield True  # already so: nothing to convert, nothing to give back
         return
     model.to(memory_format=torch.channels_last)
     try:

@@ -193,6 +193,9 @@ def test_bn_inversion_leaves_the_teacher_as_it_was():
     BNInversion(teacher, steps=3).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
     assert layouts == [True] * 3  # channels-last while inverting on CPU (oneDNN's fast layout)...
     assert all(p.is_contiguous() for p in teacher.parameters())  # ...and the usual layout back after
+    teacher.to(memory_format=torch.channels_last)  # a teacher that came channels-last stays so
+    BNInversion(teacher, steps=1).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
+    assert teacher.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert all(p.requires_grad for p in teacher.parameters()) and not teacher.training
 
