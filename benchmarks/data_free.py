@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks import engine_grid
-from benchmarks.recovery_settings import parse_variant
+from dfpractise.cli import _parse_options
 from dfpractise.engine import compress
 from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
@@ -84,7 +84,7 @@ def main() -> None:
     if args.quality:
         return measure_set_quality(args.results, args.runs_dir)
 
-    synthesis = parse_variant(":" + ",".join(args.synthesis))[1]
+    synthesis = _parse_options(tuple(args.synthesis), "--synthesis")  # as `dfpractise run --synthesis-option`
     engine_grid.CODE_VERSION = engine_grid.commit()
     results = engine_grid.load_results(args.results)
     for teacher in args.teachers:
