@@ -10,11 +10,15 @@ same batch size), since the number means little on its own.
 synthesizer settings over the recipe's (``bn-inversion-512:`` is the recipe itself), so their times
 compare as ratios measured in one run (each row's ``speedup`` is the first variant's time over its
 own). Whether a faster variant's images are as good downstream is for ``benchmarks.data_free
---synthesis``.
+--synthesis``. The key ``statistics=reduction`` is the benchmark's own, not a synthesizer setting: that
+variant measures the BN statistics as the code did before they came from torch's batch-norm kernel
+(mean and mean square reduced from a float32 copy of each activation), so old and new time in one run.
 
     python -m benchmarks.synthesis_speed
     python -m benchmarks.synthesis_speed --variants fp32-200: bf16-200:precision=bf16 \\
         bf16-100:precision=bf16,steps=100
+    python -m benchmarks.synthesis_speed --variants reduction-bf16:precision=bf16,statistics=reduction \\
+        kernel-bf16:precision=bf16
     python -m benchmarks.write_benchmarks
 
 Run it on a quiet machine: anything else using the cores slows synthesis down.
@@ -25,7 +29,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
@@ -36,6 +42,7 @@ from dfpractise.progress import Progress
 from dfpractise.recipe import resolve_config
 from dfpractise.sources import create_source
 from dfpractise.synthesis import synthesize_for_model
+import synthesizers.bn_stats
 from synthesizers import quality_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,13 +68,15 @@ def main() -> None:
     first = None
     for label, changes in variants:
         options = {**config.data.synthesis, **changes}
+        statistics = options.pop("statistics", "kernel")
         folder = args.out / label
         shutil.rmtree(folder, ignore_errors=True)
         start = time.perf_counter()
-        made = synthesize_for_model(
-            "bn-inversion", config.model, config.weights, config.data.num_images, folder, seed=config.seed,
-            options=options, progress=Progress(quiet=args.quiet),
-        )
+        with moments(statistics):
+            made = synthesize_for_model(
+                "bn-inversion", config.model, config.weights, config.data.num_images, folder, seed=config.seed,
+                options=options, progress=Progress(quiet=args.quiet),
+            )
         seconds = time.perf_counter() - start
         first = first or (label, made.report["synthesis_seconds"])
         results["runs"][label] = {
@@ -95,6 +104,41 @@ def main() -> None:
         print(f"{label}: 512 images in {row['synthesis_seconds']:.0f} s ({row['speedup']:.2f}x {first[0]}), "
               f"agreement {100 * row['agreement']:.1f}%, BN distance {row['bn_distance']:.1f} (real "
               f"{row['real_bn_distance']:.1f}, noise {row['noise_bn_distance']:.1f})", flush=True)
+
+
+class ReductionMoments(torch.autograd.Function):
+    """The BN statistics as measured before ``batch_norm_update_stats`` (the reference of
+    ``statistics=reduction``): mean and mean square reduced from a float32 copy of the channels-last
+    view, the gradient computed in float32 and cast back."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.movedim(1, -1).reshape(-1, x.shape[1]).float()
+        mean = flat.mean(0)
+        var = ((flat * flat).mean(0) - mean * mean).clamp_min_(0)
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx: Any, g_mean: torch.Tensor, g_var: torch.Tensor) -> torch.Tensor:
+        x, mean = ctx.saved_tensors
+        n = x.numel() // x.shape[1]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul((g_mean / n).view(shape), x - mean.view(shape), (2 * g_var / n).view(shape)).to(x.dtype)
+
+
+@contextmanager
+def moments(statistics: str) -> Iterator[None]:
+    """The BN hooks measure with ``statistics`` ("kernel": today's code; "reduction": the reference) in the block."""
+    if statistics not in ("kernel", "reduction"):
+        raise SystemExit(f"statistics must be kernel or reduction, got {statistics!r}")
+    today = synthesizers.bn_stats.ChannelMoments
+    if statistics == "reduction":
+        synthesizers.bn_stats.ChannelMoments = ReductionMoments
+    try:
+        yield
+    finally:
+        synthesizers.bn_stats.ChannelMoments = today
 
 
 def references(config, teacher) -> dict[str, dict]:

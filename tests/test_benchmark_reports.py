@@ -521,3 +521,24 @@ def test_the_synthesis_section_gives_each_variant_its_speed_up_over_the_first_of
     assert "| 2.50x fp32-200 |" in lines["| bf16-100"] and "100 steps (warm start 0.5), batch 256, lr 0.1, bf16" in \
         lines["| bf16-100"]
     assert "| — |" in lines["| fp32-200"] and ", fp32 |" in lines["| fp32-200"]  # the baseline has no ratio of its own
+
+
+def test_the_reference_statistics_of_the_synthesis_benchmark_equal_todays_and_are_swapped_back():
+    import torch
+
+    import synthesizers.bn_stats
+    from benchmarks.synthesis_speed import ReductionMoments, moments
+
+    today = synthesizers.bn_stats.ChannelMoments
+    with moments("reduction"):
+        assert synthesizers.bn_stats.ChannelMoments is ReductionMoments
+    assert synthesizers.bn_stats.ChannelMoments is today
+    with pytest.raises(SystemExit, match="kernel or reduction"):
+        with moments("fast"):
+            pass
+    torch.manual_seed(0)  # the two time the same computation
+    x = torch.randn(4, 3, 6, 6, requires_grad=True)
+    reference, kernel = ReductionMoments.apply(x), today.apply(x)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, kernel))
+    grads = [torch.autograd.grad(0.3 * mean.sum() + var.sum(), [x])[0] for mean, var in (reference, kernel)]
+    assert torch.allclose(*grads, atol=1e-6)

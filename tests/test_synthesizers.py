@@ -24,7 +24,7 @@ from synthesizers import (
     synthesize,
 )
 from synthesizers.base import BatchResult
-from synthesizers.bn_stats import bn_statistics
+from synthesizers.bn_stats import ChannelMoments, bn_statistics
 from synthesizers.generate import batch_seed
 
 
@@ -230,6 +230,37 @@ def test_bn_statistics_of_a_bf16_forward_are_float32_and_close_to_fp32():
         half = stats.pop()
     assert all(d.dtype == torch.float32 for d in half)
     assert all(torch.isclose(h, e, rtol=0.05) for h, e in zip(half, exact))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 4), (3, 2, 7)])  # BatchNorm2d, 1d and 1d over a sequence
+def test_channel_moments_equal_mean_and_biased_variance_and_their_gradients(shape):
+    torch.manual_seed(0)
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+    reference = x.detach().clone().requires_grad_(True)
+    dims = [0, *range(2, x.dim())]
+    mean, var = ChannelMoments.apply(x)
+    wanted_mean, wanted_var = reference.mean(dims), reference.var(dims, correction=0)
+    assert torch.allclose(mean, wanted_mean) and torch.allclose(var, wanted_var)
+    g_mean, g_var = torch.randn_like(mean), torch.randn_like(var)
+    (mean * g_mean + var * g_var).sum().backward()
+    (wanted_mean * g_mean + wanted_var * g_var).sum().backward()
+    assert torch.allclose(x.grad, reference.grad)
+
+
+def test_channel_moments_of_bf16_are_float32_and_a_constant_channel_has_no_variance():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 6, 6) * 3 + 2
+    x[:, 1] = 0.5
+    half = x.to(torch.bfloat16).requires_grad_(True)
+    mean, var = ChannelMoments.apply(half)
+    exact = half.detach().double()
+    assert mean.dtype == var.dtype == torch.float32
+    assert torch.allclose(mean.double(), exact.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(var.double(), exact.var((0, 2, 3), correction=0), rtol=1e-4)
+    assert var[1] == 0
+    (mean + var).sum().backward()
+    assert half.grad.dtype == torch.bfloat16 and torch.isfinite(half.grad).all()
+    assert torch.allclose(half.grad[:, 1].float(), torch.tensor(1 / (8 * 6 * 6)), rtol=1e-2)  # d mean / dx alone
 
 
 def test_adaptive_deepinversion_term_needs_and_uses_a_student():
