@@ -23,9 +23,12 @@ drawn set. Accuracy is on cifar10-jpeg/val (5,000 images).
 ``--trials N`` lets every run try N sets of blocks briefly before recovering (``trials.sets``);
 ``--images-from LABEL`` recovers from another run's images, so two selections can be compared on
 the same images without synthesising them again. ``--synthesis KEY=VALUE ...`` changes the
-synthesizer's settings (``data.synthesis``), e.g. a faster inversion measured downstream:
+synthesizer's settings (``data.synthesis``), e.g. a faster inversion measured downstream, and
+``--recovery KEY=VALUE ...`` the recovery's (``recovery``), e.g. a longer one with trials:
 
     python -m benchmarks.data_free --sets synthetic --synthesis precision=bf16 steps=100 --label bf16-s100
+    python -m benchmarks.data_free --teachers cifar10jpeg-resnet20 --sets synthetic --trials 6 \
+        --recovery iterations=8000 --label trials6-8k
     python -m benchmarks.write_benchmarks
 
 Results are saved after each run; an interrupted benchmark continues where it stopped.
@@ -77,6 +80,8 @@ def main() -> None:
                              "instead of synthesising afresh; its synthesis time is not this run's")
     parser.add_argument("--synthesis", nargs="+", default=[], metavar="KEY=VALUE",
                         help="synthesizer settings over the recipe's (data.synthesis), e.g. precision=bf16 steps=100")
+    parser.add_argument("--recovery", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recovery settings over the recipe's (recovery), e.g. iterations=8000")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--quality", action="store_true",
                         help="run nothing: measure what the teacher sees in each finished run's tiny set")
@@ -85,6 +90,7 @@ def main() -> None:
         return measure_set_quality(args.results, args.runs_dir)
 
     synthesis = _parse_options(tuple(args.synthesis), "--synthesis")  # as `dfpractise run --synthesis-option`
+    recovery = _parse_options(tuple(args.recovery), "--recovery")
     engine_grid.CODE_VERSION = engine_grid.commit()
     results = engine_grid.load_results(args.results)
     for teacher in args.teachers:
@@ -109,6 +115,7 @@ def main() -> None:
             config = resolve_config(ROOT / "recipes" / recipe, overrides)
             if synthesis and name != "real500":
                 config.data.synthesis = {**config.data.synthesis, **synthesis}
+            config.recovery = config.recovery.replace(**recovery)
             print(f"run {key}", flush=True)
             start = time.perf_counter()
             result = compress(config, out, progress=Progress(quiet=args.quiet), overwrite=True)
@@ -118,6 +125,7 @@ def main() -> None:
                 "teacher": teacher, "set": name, "seed": args.seed, "label": args.label, "recipe": recipe,
                 "trials": args.trials, "images_from": args.images_from,
                 **({"synthesis_changes": synthesis} if synthesis and name != "real500" else {}),
+                **({"recovery_changes": recovery} if recovery else {}),
                 "num_images": report["num_images"],
                 "tiny_set": tiny, "precision": report["recovery"].get("precision"),
                 **engine_grid.summarise(report, time.perf_counter() - start),

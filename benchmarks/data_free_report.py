@@ -95,8 +95,10 @@ def section(record: dict) -> list[str]:
 
 
 def _changes(run: dict) -> str:
-    """`` (precision=bf16, steps=100)`` for a run whose synthesizer settings were changed, else nothing."""
-    changes = run.get("synthesis_changes") or {}
+    """`` (precision=bf16, steps=100)`` for a run whose synthesizer or recovery settings were changed, else
+    nothing (recovery settings named as such: ``recovery.iterations=8000``)."""
+    changes = {**(run.get("synthesis_changes") or {}),
+               **{f"recovery.{k}": v for k, v in (run.get("recovery_changes") or {}).items()}}
     return f" ({', '.join(f'{k}={v}' for k, v in changes.items())})" if changes else ""
 
 

@@ -280,6 +280,10 @@ def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis
     text = "\n".join(data_free_report.section(record))
     assert "| r56 | 512 BN-inversion images | fast `abc1234` (precision=bf16, steps=100) | 89.36 | 88.70 |" in text
     assert "| after `def5678` | 89.36 |" in text  # the others do not
+    record["runs"]["r56-synthetic-long"] = {**run("r56", "synthetic", 88.8, 240.0, 1.0), "label": "long",
+                                            "recovery_changes": {"iterations": 8000}}
+    text = "\n".join(data_free_report.section(record))
+    assert "| long `abc1234` (recovery.iterations=8000) | 89.36 | 88.80 |" in text
     # a second seed under the same label is its own column, not the first seed's row overwritten
     record["runs"]["r56-synthetic-s2-fast"] = {**record["runs"]["r56-synthetic-fast"], "seed": 2, "pruned_top1": 88.0,
                                                "drop_top1": 1.36}
@@ -515,9 +519,12 @@ def test_the_synthesis_section_gives_each_variant_its_speed_up_over_the_first_of
                 "real_bn_distance": 141.6, "real_agreement": 0.977, "noise_bn_distance": 786.7,
                 "date": "2026-12-06", "machine": "m", "commit": "abc1234"}
 
-    runs = {"fp32-200": row(200, "fp32", 300.0, "fp32-200"), "bf16-100": row(100, "bf16", 120.0, "fp32-200")}
+    runs = {"fp32-200": row(200, "fp32", 300.0, "fp32-200"), "bf16-100": row(100, "bf16", 120.0, "fp32-200"),
+            "bf16-old": {**row(200, "bf16", 200.0, "fp32-200"), "changes": {"statistics": "reduction"}}}
     lines = {line.split(" | ")[0]: line for line in synthesis_section(runs) if line.startswith("| fp32") or
              line.startswith("| bf16")}
+    assert "lr 0.1, bf16, BN statistics by reduction |" in lines["| bf16-old"]  # the benchmark's reference named
+    assert "statistics" not in lines["| bf16-100"]
     assert "| 2.50x fp32-200 |" in lines["| bf16-100"] and "100 steps (warm start 0.5), batch 256, lr 0.1, bf16" in \
         lines["| bf16-100"]
     assert "| — |" in lines["| fp32-200"] and ", fp32 |" in lines["| fp32-200"]  # the baseline has no ratio of its own
