@@ -222,8 +222,10 @@ def synthesis_section(runs: dict) -> list[str]:
     ]
     for key, run in sorted(runs.items(), key=lambda item: (item[1]["date"], item[1]["commit"], item[0])):
         settings = run["settings"]
+        statistics = run.get("changes", {}).get("statistics")  # the benchmark's reference, not a setting
         described = (f"{settings['steps']} steps (warm start {settings['warm_start']}), batch {settings['batch_size']}, "
-                     f"lr {settings['lr']}, {settings.get('precision', 'fp32')}")
+                     f"lr {settings['lr']}, {settings.get('precision', 'fp32')}"
+                     + (f", BN statistics by {statistics}" if statistics else ""))
         speedup = (f"{run['speedup']:.2f}x {run['baseline']}" if run.get("baseline") and run["baseline"] != key
                    else "—")
         lines.append(
