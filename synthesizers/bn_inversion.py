@@ -11,6 +11,9 @@ competition term, which rewards images on which a given student disagrees with t
 predictions softened at ``competition_temperature``, 3 as in the authors' CIFAR-10 code).
 ``precision`` "bf16" (or "auto", bf16 where the hardware has it) runs the teacher under bf16
 autocast; on CPU the teacher is channels-last while inverting, the layout oneDNN is fastest in.
+``fold_batchnorm`` inverts through a copy of the teacher with each BatchNorm folded into the
+convolution before it (``synthesizers.folding``): the same function and loss, one pass over each
+such activation fewer; the images differ from an unfolded run's by rounding only.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import nn
 from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
 from .bn_stats import batchnorm_layers, bn_statistics
 from .errors import ConfigError, SynthesisError
+from .folding import fold_batchnorms
 from .inversion import (
     InversionLoss, channels_last, check_non_negative, check_positive, frozen, jitter_and_flip, number,
 )
@@ -37,7 +41,8 @@ class BNInversion(Synthesizer):
     """DeepInversion of ``teacher``; ``student`` turns on the Adaptive-DeepInversion term.
 
     Settings recorded in the cache key are those that change the images; ``precision`` is recorded
-    as resolved (fp32 not at all, so caches made before the setting existed are still read).
+    as resolved (fp32 not at all, so caches made before the setting existed are still read), and
+    ``fold_batchnorm`` not at all (it changes the images' rounding, not the images).
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class BNInversion(Synthesizer):
         flip: bool = True,
         warm_start: float = 0.5,
         precision: str = "auto",
+        fold_batchnorm: bool = True,
         device: str = "cpu",
     ):
         check_positive(steps=steps, lr=lr, batch_size=batch_size, competition_temperature=competition_temperature)
@@ -69,6 +75,8 @@ class BNInversion(Synthesizer):
             bn_weight=bn_weight, first_bn_multiplier=first_bn_multiplier, ce_weight=ce_weight,
             tv_weight=tv_weight, l2_weight=l2_weight, competition_weight=competition_weight, jitter=jitter,
         )
+        if not isinstance(fold_batchnorm, bool):
+            raise ConfigError(f"fold_batchnorm must be true or false, got {fold_batchnorm!r}")
         if not 0 <= number("warm_start", warm_start) < 1:
             raise ConfigError(f"warm_start is the fraction of steps at half resolution, in [0, 1); got {warm_start}")
         if not batchnorm_layers(teacher):
@@ -97,8 +105,7 @@ class BNInversion(Synthesizer):
         self.flip = flip
         self.warm_start = warm_start
         self.precision = resolve_precision(precision, self.device)
-        self.loss = InversionLoss(self.teacher, self.mean, self.std, self.weights, first_bn_multiplier, self.student,
-                                  competition_temperature)
+        self.fold_batchnorm = fold_batchnorm
 
     def settings(self) -> dict[str, Any]:
         competing = {"competition_temperature": self.competition_temperature} if self.student is not None else {}
@@ -126,23 +133,30 @@ class BNInversion(Synthesizer):
         size = image_size // 2 if warm_steps else image_size
         noise = torch.randn(len(labels), 3, size, size, generator=generator).to(self.device)
         pixels = (noise * self.std + self.mean).clamp_(0, 1)
+        teacher, folded = self.teacher, {}
+        if self.fold_batchnorm:  # checked on two fixed random images, whatever the seed
+            probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+            copy = fold_batchnorms(self.teacher, (probe.to(self.device) - self.mean) / self.std)
+            teacher, folded = copy.model, copy.folded
+        loss = InversionLoss(teacher, self.mean, self.std, self.weights, self.first_bn_multiplier, self.student,
+                             self.competition_temperature)
         with ExitStack() as stack:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)  # kornia draws its jitter and flips from the global generator
-            stack.enter_context(frozen(self.teacher, self.student))
-            last = stack.enter_context(channels_last(self.teacher, self.device))
+            stack.enter_context(frozen(teacher, self.student))
+            last = stack.enter_context(channels_last(teacher, self.device))
             if self.student is not None:
                 stack.enter_context(channels_last(self.student, self.device))
-            stats = stack.enter_context(bn_statistics(self.teacher))
+            stats = stack.enter_context(bn_statistics(teacher, folded))
             phases = [(warm_steps, size), (self.steps - warm_steps, image_size)] if warm_steps else [(self.steps, size)]
             step = 0
             for phase_steps, phase_size in phases:
                 if pixels.shape[-1] != phase_size:
                     pixels = F.interpolate(pixels, size=(phase_size, phase_size), mode="bilinear", align_corners=False)
-                pixels, losses, step = self._optimise(pixels, labels, phase_steps, stats, report, step, last)
+                pixels, losses, step = self._optimise(loss, pixels, labels, phase_steps, stats, report, step, last)
         return BatchResult(pixels.detach(), {k: round(v, 5) for k, v in losses.items()})
 
-    def _optimise(self, pixels, labels, steps, stats, report, step, last):
+    def _optimise(self, loss_of, pixels, labels, steps, stats, report, step, last):
         """Adam on the pixels for ``steps`` steps at their current size, cosine learning rate;
         ``last``: show the teacher channels-last copies (its layout while inverting on CPU)."""
         pixels = pixels.detach().clone().requires_grad_(True)
@@ -157,7 +171,7 @@ class BNInversion(Synthesizer):
             if last:
                 seen = seen.contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, self.device):
-                loss, losses = self.loss(seen, labels, stats)
+                loss, losses = loss_of(seen, labels, stats)
             if not math.isfinite(losses["loss"]):
                 raise SynthesisError(
                     f"BN-inversion loss became {losses['loss']} at step {step} of {self.steps} "

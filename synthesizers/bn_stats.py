@@ -9,7 +9,7 @@ layer's input, as in DeepInversion (Yin et al., CVPR 2020, eq. 4).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -31,8 +31,20 @@ class BNStatistics:
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
         mean, var = ChannelMoments.apply(inputs[0])
+        self._add(mean, var, module)
+
+    def _folded_hook(self, folded: Any) -> Callable[..., None]:
+        """The hook of a convolution that absorbed a BatchNorm (``synthesizers.folding``): the
+        BatchNorm's input statistics from the convolution's output."""
+
+        def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            self._add(*folded.input_moments(*ChannelMoments.apply(output)), folded.batchnorm)
+
+        return hook
+
+    def _add(self, mean: torch.Tensor, var: torch.Tensor, layer: nn.Module) -> None:
         self.distances.append(
-            torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var)
+            torch.linalg.vector_norm(mean - layer.running_mean) + torch.linalg.vector_norm(var - layer.running_var)
         )
 
     def pop(self) -> list[torch.Tensor]:
@@ -75,10 +87,12 @@ class ChannelMoments(torch.autograd.Function):
 
 
 @contextmanager
-def bn_statistics(model: nn.Module) -> Iterator[BNStatistics]:
-    """Hook every BatchNorm layer of ``model`` for the duration of the block."""
-    stats = BNStatistics(batchnorm_layers(model))
-    handles = [layer.register_forward_hook(stats._hook) for layer in stats.layers]
+def bn_statistics(model: nn.Module, folded: Mapping[nn.Module, Any] | None = None) -> Iterator[BNStatistics]:
+    """Hook every BatchNorm layer of ``model`` for the duration of the block, and every convolution
+    of ``folded`` (a BatchNorm folded into it, ``synthesizers.folding``) in its BatchNorm's stead."""
+    stats = BNStatistics(batchnorm_layers(model) + [f.batchnorm for f in (folded or {}).values()])
+    handles = [layer.register_forward_hook(stats._hook) for layer in batchnorm_layers(model)]
+    handles += [conv.register_forward_hook(stats._folded_hook(f)) for conv, f in (folded or {}).items()]
     try:
         yield stats
     finally:

@@ -177,10 +177,13 @@ def test_bn_inversion_warm_start_runs_at_half_size_first():
     teacher = SmallBNNet()
     sizes = []
     teacher.features[0].register_forward_pre_hook(lambda m, x: sizes.append(x[0].shape[-1]))
-    BNInversion(teacher, steps=4, warm_start=0.5).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
+    # unfolded: the hook is on the teacher itself (a folded run goes through a copy, see the folding tests)
+    BNInversion(teacher, steps=4, warm_start=0.5, fold_batchnorm=False).generate(torch.tensor([0, 1]), 16, 0,
+                                                                               lambda **f: None)
     assert sizes == [8, 8, 16, 16]
     sizes.clear()
-    BNInversion(teacher, steps=4, warm_start=0.0).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
+    BNInversion(teacher, steps=4, warm_start=0.0, fold_batchnorm=False).generate(torch.tensor([0, 1]), 16, 0,
+                                                                               lambda **f: None)
     assert sizes == [16] * 4
 
 
@@ -190,11 +193,11 @@ def test_bn_inversion_leaves_the_teacher_as_it_was():
     layouts = []
     teacher.features[0].register_forward_pre_hook(
         lambda m, x: layouts.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
-    BNInversion(teacher, steps=3).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
+    BNInversion(teacher, steps=3, fold_batchnorm=False).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
     assert layouts == [True] * 3  # channels-last while inverting on CPU (oneDNN's fast layout)...
     assert all(p.is_contiguous() for p in teacher.parameters())  # ...and the usual layout back after
     teacher.to(memory_format=torch.channels_last)  # a teacher that came channels-last stays so
-    BNInversion(teacher, steps=1).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
+    BNInversion(teacher, steps=1, fold_batchnorm=False).generate(torch.tensor([0, 1]), 16, 0, lambda **f: None)
     assert teacher.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert all(p.requires_grad for p in teacher.parameters()) and not teacher.training
@@ -299,7 +302,7 @@ def test_teacher_without_batchnorm_is_refused():
 
 
 @pytest.mark.parametrize("option, value", [("steps", 0), ("lr", -1.0), ("tv_weight", -0.1), ("warm_start", 1.0),
-                                           ("precision", "fp16")])
+                                           ("precision", "fp16"), ("fold_batchnorm", "yes")])
 def test_bad_settings_are_config_errors(option, value):
     with pytest.raises(ConfigError, match=option):
         BNInversion(SmallBNNet(), **{option: value})
@@ -307,7 +310,7 @@ def test_bad_settings_are_config_errors(option, value):
 
 def test_diverged_loss_stops_with_the_step_and_keeps_finished_batches(tmp_path):
     teacher = SmallBNNet()
-    synth = BNInversion(teacher, steps=3, batch_size=2)
+    synth = BNInversion(teacher, steps=3, batch_size=2, fold_batchnorm=False)  # the teacher itself counts forwards
     teacher.poison_after = 3 + 1  # batch 0 takes 3 forwards; batch 1 diverges at its 2nd step
     with pytest.raises(SynthesisError, match=r"became nan at step 2 of 3.*1 finished batches are kept"):
         synthesize(synth, 4, 16, 3, seed=0, folder=tmp_path / "s")
