@@ -90,8 +90,9 @@ class ChannelMoments(torch.autograd.Function):
 def bn_statistics(model: nn.Module, folded: Mapping[nn.Module, Any] | None = None) -> Iterator[BNStatistics]:
     """Hook every BatchNorm layer of ``model`` for the duration of the block, and every convolution
     of ``folded`` (a BatchNorm folded into it, ``synthesizers.folding``) in its BatchNorm's stead."""
-    stats = BNStatistics(batchnorm_layers(model) + [f.batchnorm for f in (folded or {}).values()])
-    handles = [layer.register_forward_hook(stats._hook) for layer in batchnorm_layers(model)]
+    layers = batchnorm_layers(model)
+    stats = BNStatistics(layers + [f.batchnorm for f in (folded or {}).values()])
+    handles = [layer.register_forward_hook(stats._hook) for layer in layers]
     handles += [conv.register_forward_hook(stats._folded_hook(f)) for conv, f in (folded or {}).items()]
     try:
         yield stats

@@ -53,7 +53,7 @@ class FoldedTeacher:
 def fold_batchnorms(teacher: nn.Module, probe: torch.Tensor) -> FoldedTeacher:
     """A copy of ``teacher`` (eval mode) with every foldable BatchNorm folded, checked on ``probe``;
     the teacher itself, nothing folded, where no pair is found or the check fails."""
-    pairs = _pairs(teacher, probe)
+    pairs, wanted = _pairs(teacher, probe)
     if not pairs:
         return FoldedTeacher(teacher, {})
     names = {module: name for name, module in teacher.named_modules()}
@@ -69,14 +69,15 @@ def fold_batchnorms(teacher: nn.Module, probe: torch.Tensor) -> FoldedTeacher:
         _replace(model, names[batchnorm], nn.Identity())
         folded[fused] = FoldedBatchNorm(batchnorm, scale.detach().float(), shift.detach().float())
     with torch.no_grad():
-        if not torch.allclose(model(probe).float(), teacher(probe).float(), rtol=1e-3, atol=1e-3):
+        if not torch.allclose(model(probe).float(), wanted, rtol=1e-3, atol=1e-3):
             return FoldedTeacher(teacher, {})
     return FoldedTeacher(model, folded)
 
 
-def _pairs(teacher: nn.Module, probe: torch.Tensor) -> list[tuple[nn.Module, nn.Module]]:
+def _pairs(teacher: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[nn.Module, nn.Module]], torch.Tensor]:
     """(convolution, BatchNorm) pairs where the BatchNorm read exactly what the convolution returned,
-    each called once in a forward of ``probe``, and every channel's scale is nonzero."""
+    each called once in a forward of ``probe``, and every channel's scale is nonzero; and the
+    teacher's logits of that forward (what the folded copy must reproduce)."""
     layers = set(batchnorm_layers(teacher))
     calls: dict[nn.Module, int] = {}
     last: dict[str, object] = {}
@@ -92,12 +93,12 @@ def _pairs(teacher: nn.Module, probe: torch.Tensor) -> list[tuple[nn.Module, nn.
     handles = [m.register_forward_hook(record) for m in teacher.modules() if isinstance(m, CONVOLUTIONS) or m in layers]
     try:
         with torch.no_grad():
-            teacher.eval()(probe)
+            logits = teacher.eval()(probe).float()
     finally:
         for handle in handles:
             handle.remove()
     return [(conv, bn) for conv, bn in pairs
-            if calls[conv] == calls[bn] == 1 and (not bn.affine or bool((bn.weight != 0).all()))]
+            if calls[conv] == calls[bn] == 1 and (not bn.affine or bool((bn.weight != 0).all()))], logits
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
