@@ -36,8 +36,8 @@ def section(record: dict) -> list[str]:
         "(for photos beside synthetic images: of the synthetic images). A run made with `--images-from LABEL` "
         "recovered from the images of that label's run (no synthesis of its own: its synthesis time reads "
         "'reused'); `--trials N` runs tried N sets of blocks briefly before recovering (`trials.sets`); a run "
-        "made with `--synthesis KEY=VALUE` made its images with those synthesizer settings (in brackets after "
-        "its label).",
+        "made with `--synthesis KEY=VALUE` made its images with those synthesizer settings, one with `--recovery "
+        "KEY=VALUE` recovered with those recovery settings (both in brackets after its label).",
         "",
         f"Machine: {any_run['machine']}. Dates: {', '.join(dates)}. Commits: {', '.join(f'`{c}`' for c in commits)}.",
         "Command: `python -m benchmarks.data_free`, then `python -m benchmarks.write_benchmarks`. Raw results: "
