@@ -364,3 +364,23 @@ def test_mir_stages_is_mir_on_a_model_of_one_stage():
                 identity, normalize, seed=1, adapter=adapter)
     for key, value in plain.state_dict().items():
         assert torch.equal(staged.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("milestones, expected", [
+    (None, [0.01] * 6 + [0.001] * 2),  # the default: one tenfold fall at 3/4
+    ((0.25, 0.5), [0.01] * 2 + [0.001] * 2 + [0.0001] * 4),
+])
+def test_the_learning_rate_falls_tenfold_at_each_milestone(pair, images, monkeypatch, milestones, expected):
+    teacher, student = pair
+    seen = []
+    step = torch.optim.SGD.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording)
+    settings = {} if milestones is None else {"milestones": milestones}
+    config = RecoveryConfig(iterations=8, batch_size=4, lr=0.01, teacher_views=0, mix="none", **settings)
+    recover(student, teacher, images[:8], config, identity, normalize, seed=0)
+    assert seen == pytest.approx(expected)
