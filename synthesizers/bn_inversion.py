@@ -29,7 +29,7 @@ from torch import nn
 from .base import BatchResult, StepReporter, Synthesizer, model_fingerprint, register_synthesizer
 from .bn_stats import batchnorm_layers, bn_statistics
 from .errors import ConfigError, SynthesisError
-from .folding import fold_batchnorms
+from .folding import FoldedTeacher, fold_batchnorms
 from .inversion import (
     InversionLoss, channels_last, check_non_negative, check_positive, frozen, jitter_and_flip, number,
 )
@@ -106,6 +106,7 @@ class BNInversion(Synthesizer):
         self.warm_start = warm_start
         self.precision = resolve_precision(precision, self.device)
         self.fold_batchnorm = fold_batchnorm
+        self._folded: dict[int, FoldedTeacher] = {}  # by image size: built once, not for every batch
 
     def settings(self) -> dict[str, Any]:
         competing = {"competition_temperature": self.competition_temperature} if self.student is not None else {}
@@ -133,11 +134,7 @@ class BNInversion(Synthesizer):
         size = image_size // 2 if warm_steps else image_size
         noise = torch.randn(len(labels), 3, size, size, generator=generator).to(self.device)
         pixels = (noise * self.std + self.mean).clamp_(0, 1)
-        teacher, folded = self.teacher, {}
-        if self.fold_batchnorm:  # checked on two fixed random images, whatever the seed
-            probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-            copy = fold_batchnorms(self.teacher, (probe.to(self.device) - self.mean) / self.std)
-            teacher, folded = copy.model, copy.folded
+        teacher, folded = self._inverted(image_size)
         loss = InversionLoss(teacher, self.mean, self.std, self.weights, self.first_bn_multiplier, self.student,
                              self.competition_temperature)
         with ExitStack() as stack:
@@ -155,6 +152,17 @@ class BNInversion(Synthesizer):
                     pixels = F.interpolate(pixels, size=(phase_size, phase_size), mode="bilinear", align_corners=False)
                 pixels, losses, step = self._optimise(loss, pixels, labels, phase_steps, stats, report, step, last)
         return BatchResult(pixels.detach(), {k: round(v, 5) for k, v in losses.items()})
+
+    def _inverted(self, image_size: int) -> tuple[nn.Module, dict[nn.Module, Any]]:
+        """The model to invert through and its folded convolutions: the teacher with its BatchNorms
+        folded (checked on two fixed random images, whatever the seed), or the teacher itself."""
+        if not self.fold_batchnorm:
+            return self.teacher, {}
+        if image_size not in self._folded:
+            probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+            self._folded[image_size] = fold_batchnorms(self.teacher, (probe.to(self.device) - self.mean) / self.std)
+        copy = self._folded[image_size]
+        return copy.model, copy.folded
 
     def _optimise(self, loss_of, pixels, labels, steps, stats, report, step, last):
         """Adam on the pixels for ``steps`` steps at their current size, cosine learning rate;

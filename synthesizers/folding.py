@@ -65,8 +65,8 @@ def fold_batchnorms(teacher: nn.Module, probe: torch.Tensor) -> FoldedTeacher:
             / torch.sqrt(batchnorm.running_var + batchnorm.eps)
         shift = (batchnorm.bias if batchnorm.affine else torch.zeros_like(scale)) - scale * batchnorm.running_mean
         fused = fuse_conv_bn_eval(modules[names[conv]], modules[names[batchnorm]])
-        _replace(model, names[conv], fused)
-        _replace(model, names[batchnorm], nn.Identity())
+        model.set_submodule(names[conv], fused)
+        model.set_submodule(names[batchnorm], nn.Identity())
         folded[fused] = FoldedBatchNorm(batchnorm, scale.detach().float(), shift.detach().float())
     with torch.no_grad():
         if not torch.allclose(model(probe).float(), wanted, rtol=1e-3, atol=1e-3):
@@ -99,8 +99,3 @@ def _pairs(teacher: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[nn.Modul
             handle.remove()
     return [(conv, bn) for conv, bn in pairs
             if calls[conv] == calls[bn] == 1 and (not bn.affine or bool((bn.weight != 0).all()))], logits
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
