@@ -24,7 +24,8 @@ drawn set. Accuracy is on cifar10-jpeg/val (5,000 images).
 ``--images-from LABEL`` recovers from another run's images, so two selections can be compared on
 the same images without synthesising them again. ``--synthesis KEY=VALUE ...`` changes the
 synthesizer's settings (``data.synthesis``), e.g. a faster inversion measured downstream, and
-``--recovery KEY=VALUE ...`` the recovery's (``recovery``), e.g. a longer one with trials:
+``--recovery KEY=VALUE ...`` the recovery's (``recovery``), e.g. a longer one with trials, and ``--trial
+KEY=VALUE ...`` the trials' (``trials``), e.g. shorter ones:
 
     python -m benchmarks.data_free --sets synthetic --synthesis precision=bf16 steps=100 --label bf16-s100
     python -m benchmarks.data_free --teachers cifar10jpeg-resnet20 --sets synthetic --trials 6 \
@@ -82,6 +83,8 @@ def main() -> None:
                         help="synthesizer settings over the recipe's (data.synthesis), e.g. precision=bf16 steps=100")
     parser.add_argument("--recovery", nargs="+", default=[], metavar="KEY=VALUE",
                         help="recovery settings over the recipe's (recovery), e.g. iterations=8000")
+    parser.add_argument("--trial", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="trial settings over the recipe's (trials), e.g. iterations=250")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--quality", action="store_true",
                         help="run nothing: measure what the teacher sees in each finished run's tiny set")
@@ -91,6 +94,7 @@ def main() -> None:
 
     synthesis = _parse_options(tuple(args.synthesis), "--synthesis")  # as `dfpractise run --synthesis-option`
     recovery = _parse_options(tuple(args.recovery), "--recovery")
+    trial = _parse_options(tuple(args.trial), "--trial")
     engine_grid.CODE_VERSION = engine_grid.commit()
     results = engine_grid.load_results(args.results)
     for teacher in args.teachers:
@@ -116,6 +120,7 @@ def main() -> None:
             if synthesis and name != "real500":
                 config.data.synthesis = {**config.data.synthesis, **synthesis}
             config.recovery = config.recovery.replace(**recovery)
+            config.trials = config.trials.replace(**trial)
             print(f"run {key}", flush=True)
             start = time.perf_counter()
             result = compress(config, out, progress=Progress(quiet=args.quiet), overwrite=True)
@@ -126,6 +131,7 @@ def main() -> None:
                 "trials": args.trials, "images_from": args.images_from,
                 **({"synthesis_changes": synthesis} if synthesis and name != "real500" else {}),
                 **({"recovery_changes": recovery} if recovery else {}),
+                **({"trial_changes": trial} if trial else {}),
                 "num_images": report["num_images"],
                 "tiny_set": tiny, "precision": report["recovery"].get("precision"),
                 **engine_grid.summarise(report, time.perf_counter() - start),
