@@ -13,12 +13,16 @@ own). Whether a faster variant's images are as good downstream is for ``benchmar
 --synthesis``. The key ``statistics=reduction`` is the benchmark's own, not a synthesizer setting: that
 variant measures the BN statistics as the code did before they came from torch's batch-norm kernel
 (mean and mean square reduced from a float32 copy of each activation), so old and new time in one run.
+The key ``method`` picks another synthesizer (``method=generator``: the meta-learned generator, from its own
+defaults rather than the recipe's inversion settings), so the synthesizers time against each other in one run.
 
     python -m benchmarks.synthesis_speed
     python -m benchmarks.synthesis_speed --variants fp32-200: bf16-200:precision=bf16 \\
         bf16-100:precision=bf16,steps=100
     python -m benchmarks.synthesis_speed --variants reduction-bf16:precision=bf16,statistics=reduction \\
         kernel-bf16:precision=bf16
+    python -m benchmarks.synthesis_speed --variants bn-inversion: generator:method=generator \\
+        generator-bf16:method=generator,precision=bf16
     python -m benchmarks.write_benchmarks
 
 Run it on a quiet machine: anything else using the cores slows synthesis down.
@@ -67,20 +71,24 @@ def main() -> None:
     results = engine_grid.load_results(args.results)
     first = None
     for label, changes in variants:
-        options = {**config.data.synthesis, **changes}
+        method = changes.get("method", "bn-inversion")
+        # the recipe's settings are BN inversion's; another synthesizer starts from its own defaults
+        options = {**(config.data.synthesis if method == "bn-inversion" else {}), **changes}
+        options.pop("method", None)
         statistics = options.pop("statistics", "kernel")
         folder = args.out / label
         shutil.rmtree(folder, ignore_errors=True)
         start = time.perf_counter()
         with moments(statistics):
             made = synthesize_for_model(
-                "bn-inversion", config.model, config.weights, config.data.num_images, folder, seed=config.seed,
+                method, config.model, config.weights, config.data.num_images, folder, seed=config.seed,
                 options=options, progress=Progress(quiet=args.quiet),
             )
         seconds = time.perf_counter() - start
         first = first or (label, made.report["synthesis_seconds"])
         results["runs"][label] = {
             "recipe": RECIPE.name,
+            "method": method,
             "changes": changes,
             "num_images": config.data.num_images,
             "settings": made.report["settings"],

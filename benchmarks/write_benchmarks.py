@@ -204,11 +204,11 @@ def sources_section(runs: dict, engine_runs: dict) -> list[str]:
 
 
 def synthesis_section(runs: dict) -> list[str]:
-    """Speed and quality of BN-statistics inversion on its own, with real and noise references."""
+    """Speed and quality of each synthesizer on its own, with real and noise references."""
     if not runs:
         return []
     lines = [
-        "## Synthesis speed (BN-statistics inversion, ResNet-56, 512 images at 32x32)",
+        "## Synthesis speed (BN-statistics inversion and the generator, ResNet-56, 512 images at 32x32)",
         "",
         "Command: `python -m benchmarks.synthesis_speed` (with `--variants`: each set made in the same run, "
         "timed against the run's first), then `python -m benchmarks.write_benchmarks`. "
@@ -223,9 +223,13 @@ def synthesis_section(runs: dict) -> list[str]:
     for key, run in sorted(runs.items(), key=lambda item: (item[1]["date"], item[1]["commit"], item[0])):
         settings = run["settings"]
         statistics = run.get("changes", {}).get("statistics")  # the benchmark's reference, not a setting
-        described = (f"{settings['steps']} steps (warm start {settings['warm_start']}), batch {settings['batch_size']}, "
-                     f"lr {settings['lr']}, {settings.get('precision', 'fp32')}"
-                     + (f", BN statistics by {statistics}" if statistics else ""))
+        if run.get("method", "bn-inversion") == "generator":
+            described = (f"generator: {settings['meta_steps']} meta-steps then {settings['steps']} steps per batch, "
+                         f"batch {settings['batch_size']}, {settings.get('precision', 'fp32')}")
+        else:
+            described = (f"{settings['steps']} steps (warm start {settings['warm_start']}), batch "
+                         f"{settings['batch_size']}, lr {settings['lr']}, {settings.get('precision', 'fp32')}"
+                         + (f", BN statistics by {statistics}" if statistics else ""))
         speedup = (f"{run['speedup']:.2f}x {run['baseline']}" if run.get("baseline") and run["baseline"] != key
                    else "—")
         lines.append(

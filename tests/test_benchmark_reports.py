@@ -529,6 +529,11 @@ def test_the_synthesis_section_gives_each_variant_its_speed_up_over_the_first_of
         lines["| bf16-100"]
     assert "| — |" in lines["| fp32-200"] and ", fp32 |" in lines["| fp32-200"]  # the baseline has no ratio of its own
 
+    generator = {**row(200, "fp32", 60.0, "fp32-200"), "method": "generator",
+                 "settings": {"steps": 8, "meta_steps": 12, "batch_size": 64, "precision": "bf16"}}
+    line = next(line for line in synthesis_section({**runs, "gen": generator}) if line.startswith("| gen |"))
+    assert "| generator: 12 meta-steps then 8 steps per batch, batch 64, bf16 | 60 | 5.00x fp32-200 |" in line
+
 
 def test_the_reference_statistics_of_the_synthesis_benchmark_equal_todays_and_are_swapped_back():
     import torch
