@@ -95,10 +95,11 @@ def section(record: dict) -> list[str]:
 
 
 def _changes(run: dict) -> str:
-    """`` (precision=bf16, steps=100)`` for a run whose synthesizer or recovery settings were changed, else
-    nothing (recovery settings named as such: ``recovery.iterations=8000``)."""
+    """`` (precision=bf16, steps=100)`` for a run whose synthesizer, recovery or trial settings were changed,
+    else nothing (recovery and trial settings named as such: ``recovery.iterations=8000``, ``trials.iterations=250``)."""
     changes = {**(run.get("synthesis_changes") or {}),
-               **{f"recovery.{k}": v for k, v in (run.get("recovery_changes") or {}).items()}}
+               **{f"recovery.{k}": v for k, v in (run.get("recovery_changes") or {}).items()},
+               **{f"trials.{k}": v for k, v in (run.get("trial_changes") or {}).items()}}
     return f" ({', '.join(f'{k}={v}' for k, v in changes.items())})" if changes else ""
 
 

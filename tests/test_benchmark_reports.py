@@ -284,6 +284,10 @@ def test_the_data_free_section_orders_each_teachers_rows_and_gives_the_synthesis
                                             "recovery_changes": {"iterations": 8000}}
     text = "\n".join(data_free_report.section(record))
     assert "| long `abc1234` (recovery.iterations=8000) | 89.36 | 88.80 |" in text
+    record["runs"]["r56-synthetic-short"] = {**run("r56", "synthetic", 88.6, 240.0, 1.0), "label": "short",
+                                             "trials": 4, "trial_changes": {"iterations": 250}}
+    text = "\n".join(data_free_report.section(record))
+    assert "| short `abc1234` (trials.iterations=250) | 89.36 | 88.60 |" in text
     # a second seed under the same label is its own column, not the first seed's row overwritten
     record["runs"]["r56-synthetic-s2-fast"] = {**record["runs"]["r56-synthetic-fast"], "seed": 2, "pruned_top1": 88.0,
                                                "drop_top1": 1.36}
