@@ -21,7 +21,7 @@ defaults rather than the recipe's inversion settings), so the synthesizers time 
         bf16-100:precision=bf16,steps=100
     python -m benchmarks.synthesis_speed --variants reduction-bf16:precision=bf16,statistics=reduction \\
         kernel-bf16:precision=bf16
-    python -m benchmarks.synthesis_speed --variants bn-inversion: generator:method=generator \\
+    python -m benchmarks.synthesis_speed --variants bn-inversion-now: generator-fp32:method=generator \\
         generator-bf16:method=generator,precision=bf16
     python -m benchmarks.write_benchmarks
 
